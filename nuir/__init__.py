@@ -1,0 +1,11 @@
+"""nuir: differentiable non-uniform image interpolation with Gaussian mixtures (arXiv 2012.13257).
+
+Importing nuir never compiles anything; the compiled operator is built on first use.
+"""
+
+from nuir._backend import backend_name
+from nuir.ops import interpolate
+from nuir.upsample import upsample
+
+__all__ = ["interpolate", "upsample", "backend_name"]
+__version__ = "0.1.0"

@@ -1,0 +1,103 @@
+"""Loading of the compiled operator: every build flag lives here.
+
+Order: an extension built ahead of time (``nuir._C``), else a JIT build of ``csrc/`` with ninja
+through ``torch.utils.cpp_extension.load`` (cached by torch under ``TORCH_EXTENSIONS_DIR``), else
+the pure-PyTorch reference with one warning. Nothing is built at import time: the first call of
+the operator does it. ``NUIR_BACKEND=reference`` forces the reference, ``NUIR_BACKEND=compiled``
+turns a failed build into an error.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+CXX_FLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
+NVCC_FLAGS = ["-O3", "-lineinfo"]
+
+
+def source_dir() -> Path:
+    """The csrc/ folder: beside the package in a checkout, inside it in an installed wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "csrc", here.parent / "csrc"):
+        if (candidate / "nuir.cpp").is_file():
+            return candidate
+    raise FileNotFoundError(f"nuir: csrc/ sources not found next to {here}")
+
+
+def sources(with_cuda: bool) -> list[str]:
+    root = source_dir()
+    files = [root / "nuir.cpp", *sorted((root / "cpu").glob("*.cpp"))]
+    if with_cuda:
+        files += sorted((root / "cuda").glob("*.cu"))
+    return [str(f) for f in files]
+
+
+def cuda_build_wanted() -> bool:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return torch.cuda.is_available() and CUDA_HOME is not None and torch.version.cuda is not None
+
+
+def _build() -> None:
+    try:
+        import nuir._C  # noqa: F401  (prebuilt: registers the ops on import)
+
+        return
+    except ImportError:
+        pass
+    from torch.utils.cpp_extension import load
+
+    with_cuda = cuda_build_wanted()
+    load(
+        name="nuir_ops_cuda" if with_cuda else "nuir_ops_cpu",
+        sources=sources(with_cuda),
+        extra_cflags=CXX_FLAGS,
+        extra_cuda_cflags=NVCC_FLAGS,
+        extra_include_paths=[str(source_dir())],
+        is_python_module=False,
+        verbose=os.environ.get("NUIR_VERBOSE_BUILD", "") == "1",
+    )
+
+
+def compiled_available() -> bool:
+    """True when torch.ops.nuir is backed by compiled kernels; builds them on first call."""
+    if "ok" in _state:
+        return bool(_state["ok"])
+    with _lock:
+        if "ok" in _state:
+            return bool(_state["ok"])
+        choice = os.environ.get("NUIR_BACKEND", "auto")
+        if choice == "reference":
+            _state["ok"] = False
+            return False
+        try:
+            _build()
+            _state["ok"] = True
+        except Exception as exc:  # no compiler, no ninja, a build error: fall back, loudly once
+            if choice == "compiled":
+                raise RuntimeError(f"nuir: building the compiled operator failed: {exc}") from exc
+            _state["ok"] = False
+            _state["error"] = exc
+            warnings.warn(
+                "nuir: could not build the compiled operator "
+                f"({type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc) else ''}); "
+                "using the pure-PyTorch reference, which is much slower. "
+                "Set NUIR_VERBOSE_BUILD=1 to see the build log.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return bool(_state["ok"])
+
+
+def backend_name() -> str:
+    if not compiled_available():
+        return "reference"
+    return "compiled (cpu+cuda)" if cuda_build_wanted() else "compiled (cpu)"

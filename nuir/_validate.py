@@ -1,0 +1,217 @@
+"""Argument checking and normalisation shared by the compiled op and the reference.
+
+Everything the kernels see has been brought to one form here:
+
+    points  [B, N, 2]   (x, y) pixel units
+    values  [B, N, C]
+    cov3    [B, N, 3]   (sxx, sxy, syy): the symmetric covariance of each Gaussian
+    weights [B, N]      non-negative
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import torch
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass
+class Prepared:
+    points: torch.Tensor  # [B, N, 2]
+    values: torch.Tensor  # [B, N, C]
+    cov3: torch.Tensor  # [B, N, 3]
+    weights: torch.Tensor  # [B, N]
+    height: int
+    width: int
+    cutoff: float
+    fill: float
+    unbatched: bool
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def check_float_tensor(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+            f"got dtype {t.dtype}"
+        )
+    return t
+
+
+def check_size(size: object) -> tuple[int, int]:
+    if isinstance(size, torch.Size):
+        size = tuple(size)
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        raise TypeError(f"size must be a pair (H, W) of ints, got {size!r}")
+    out = []
+    for axis, s in zip("HW", size):
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+            raise TypeError(f"size must be a pair (H, W) of ints, got {axis}={s!r}")
+        if int(s) <= 0:
+            raise ValueError(f"size must be positive, got {axis}={int(s)} in size={tuple(size)}")
+        out.append(int(s))
+    return out[0], out[1]
+
+
+def check_scalar(name: str, x: object, *, positive: bool, allow_inf: bool) -> float:
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    x = float(x)
+    if math.isnan(x):
+        raise ValueError(f"{name} must not be NaN")
+    if math.isinf(x) and not allow_inf:
+        raise ValueError(f"{name} must be finite, got {x}")
+    if positive and x <= 0:
+        raise ValueError(f"{name} must be > 0, got {x}")
+    return x
+
+
+def prepare(
+    points: torch.Tensor,
+    values: torch.Tensor,
+    size: tuple[int, int],
+    sigma: float | torch.Tensor | None,
+    cov: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    cutoff: float,
+    fill: float,
+) -> Prepared:
+    """Validate the public arguments and bring them to the batched kernel form."""
+    points = check_float_tensor("points", points)
+    values = check_float_tensor("values", values)
+    height, width = check_size(size)
+    cutoff = check_scalar("cutoff", cutoff, positive=True, allow_inf=True)
+    if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
+        raise TypeError(f"fill must be a real number, got {type(fill).__name__}")
+    fill = float(fill)
+
+    if points.dim() not in (2, 3) or points.shape[-1] != 2:
+        raise ValueError(f"points must have shape [B, N, 2] or [N, 2], got {_shape(points)}")
+    unbatched = points.dim() == 2
+    if values.dim() != points.dim():
+        want = "[N, C]" if unbatched else "[B, N, C]"
+        raise ValueError(
+            f"values must have shape {want} to match points {_shape(points)}, got {_shape(values)}"
+        )
+    if values.shape[:-1] != points.shape[:-1]:
+        raise ValueError(
+            f"values {_shape(values)} and points {_shape(points)} disagree on the batch / point "
+            "dimensions"
+        )
+    if values.shape[-1] < 1:
+        raise ValueError(f"values must have at least one channel, got {_shape(values)}")
+    _same_device_dtype("values", values, points)
+
+    if unbatched:
+        points, values = points.unsqueeze(0), values.unsqueeze(0)
+    batch, n_points = points.shape[0], points.shape[1]
+    lead = (batch, n_points)
+
+    def batched(name: str, t: torch.Tensor, trailing: tuple[int, ...]) -> torch.Tensor:
+        _same_device_dtype(name, t, points)
+        want = (lead if not unbatched else lead[1:]) + trailing
+        if tuple(t.shape) != want:
+            raise ValueError(
+                f"{name} must have shape {list(want)} to match points, got {_shape(t)}"
+            )
+        return t.unsqueeze(0) if unbatched else t
+
+    flags: list[tuple[str, torch.Tensor]] = []  # (message, bool tensor that must be True)
+    flags.append(("points must be finite (found NaN or inf)", torch.isfinite(points).all()))
+
+    if sigma is not None and cov is not None:
+        raise ValueError("give either sigma or cov, not both")
+    if cov is not None:
+        cov = check_float_tensor("cov", cov)
+        cov = batched("cov", cov, (2, 2))
+        sxx, sxy, syx, syy = cov[..., 0, 0], cov[..., 0, 1], cov[..., 1, 0], cov[..., 1, 1]
+        scale = cov.abs().amax(dim=(-1, -2)).clamp_min(torch.finfo(cov.dtype).tiny)
+        flags.append(
+            (
+                "cov must be symmetric (cov[..., 0, 1] == cov[..., 1, 0])",
+                ((sxy - syx).abs() <= 1e-5 * scale).all(),
+            )
+        )
+        flags.append(
+            (
+                "cov must be positive definite and finite (cov[..., 0, 0] > 0 and det > 0)",
+                (torch.isfinite(cov).all() & (sxx > 0).all() & (sxx * syy - sxy * syx > 0).all()),
+            )
+        )
+        cov3 = torch.stack([sxx, 0.5 * (sxy + syx), syy], dim=-1)  # [B, N, 3]
+    else:
+        if sigma is None:
+            # Half the mean point spacing: neighbouring Gaussians overlap without blurring much.
+            sigma = 0.5 * math.sqrt(height * width / max(n_points, 1))
+        if isinstance(sigma, torch.Tensor):
+            sigma = check_float_tensor("sigma", sigma)
+            base_dim = 1 if unbatched else 2
+            if sigma.dim() == base_dim + 1:
+                sigma = batched("sigma", sigma, (2,))  # [B, N, 2]
+            elif sigma.dim() == base_dim:
+                sigma = batched("sigma", sigma, ()).unsqueeze(-1).expand(*lead, 2)
+            else:
+                want = "[N] or [N, 2]" if unbatched else "[B, N] or [B, N, 2]"
+                raise ValueError(f"sigma must be a float or have shape {want}, got {_shape(sigma)}")
+            flags.append(("sigma must be > 0 and finite", (torch.isfinite(sigma) & (sigma > 0)).all()))
+            var = sigma * sigma
+            cov3 = torch.stack([var[..., 0], torch.zeros_like(var[..., 0]), var[..., 1]], dim=-1)
+        else:
+            s = check_scalar("sigma", sigma, positive=True, allow_inf=False)
+            cov3 = points.new_tensor([s * s, 0.0, s * s]).expand(*lead, 3)
+
+    if weights is None:
+        weights = points.new_ones(()).expand(lead)
+    else:
+        weights = check_float_tensor("weights", weights)
+        weights = batched("weights", weights, ())
+        flags.append(
+            ("weights must be >= 0 and finite", (torch.isfinite(weights) & (weights >= 0)).all())
+        )
+
+    # All data-dependent checks in one host synchronisation; skipped while torch.compile traces.
+    if not torch.compiler.is_compiling() and flags:
+        ok = torch.stack([f for _, f in flags]).tolist()
+        for (message, _), good in zip(flags, ok):
+            if not good:
+                raise ValueError(message)
+
+    return Prepared(points, values, cov3, weights, height, width, cutoff, fill, unbatched)
+
+
+def _same_device_dtype(name: str, t: torch.Tensor, ref: torch.Tensor) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but points is on {ref.device}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but points has dtype {ref.dtype}")
+
+
+def check_output_size(batch: int, channels: int, height: int, width: int, dtype, device) -> None:
+    """Refuse outputs that cannot be allocated before any kernel runs."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    n_bytes = batch * (channels + 1) * height * width * itemsize
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        limit = free
+    else:
+        try:
+            import os
+
+            limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            limit = 1 << 50
+    if n_bytes > limit or height * width > 2**40:
+        raise ValueError(
+            f"size=({height}, {width}) with batch {batch} and {channels} channels needs "
+            f"{n_bytes / 2**30:.1f} GiB for the output, more than the {limit / 2**30:.1f} GiB "
+            f"available on {device}"
+        )
