@@ -162,7 +162,9 @@ def prepare(
             else:
                 want = "[N] or [N, 2]" if unbatched else "[B, N] or [B, N, 2]"
                 raise ValueError(f"sigma must be a float or have shape {want}, got {_shape(sigma)}")
-            flags.append(("sigma must be > 0 and finite", (torch.isfinite(sigma) & (sigma > 0)).all()))
+            flags.append(
+                ("sigma must be > 0 and finite", (torch.isfinite(sigma) & (sigma > 0)).all())
+            )
             var = sigma * sigma
             cov3 = torch.stack([var[..., 0], torch.zeros_like(var[..., 0]), var[..., 1]], dim=-1)
         else:
@@ -179,6 +181,8 @@ def prepare(
         )
 
     # All data-dependent checks in one host synchronisation; skipped while torch.compile traces.
+    if not torch.compiler.is_compiling():
+        check_output_size(batch, values.shape[-1], height, width, values.dtype, values.device)
     if not torch.compiler.is_compiling() and flags:
         ok = torch.stack([f for _, f in flags]).tolist()
         for (message, _), good in zip(flags, ok):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from nuir import _backend, reference
-from nuir._validate import check_float_tensor, check_output_size, prepare
+from nuir._validate import prepare
 
 
 def interpolate(
@@ -44,8 +44,6 @@ def interpolate(
         Differentiable with respect to points, values, sigma / cov and weights.
     """
     p = prepare(points, values, size, sigma, cov, weights, cutoff, fill)
-    batch, _, channels = p.values.shape
-    check_output_size(batch, channels, p.height, p.width, p.values.dtype, p.values.device)
     if ensure_registered():
         compute = torch.float32 if p.values.dtype in (torch.float16, torch.bfloat16) else None
         if compute is not None and p.values.device.type == "cpu":

@@ -77,7 +77,9 @@ class _ChunkFn:
     def __call__(self, points, values, cov3, weights):
         batch, _, channels = values.shape
         ys, xs = torch.meshgrid(
-            torch.arange(self.row0, self.row0 + self.rows, device=points.device, dtype=points.dtype),
+            torch.arange(
+                self.row0, self.row0 + self.rows, device=points.device, dtype=points.dtype
+            ),
             torch.arange(self.width, device=points.device, dtype=points.dtype),
             indexing="ij",
         )
@@ -86,9 +88,9 @@ class _ChunkFn:
         sxx, sxy, syy = cov3[..., 0], cov3[..., 1], cov3[..., 2]  # [B, N]
         det = sxx * syy - sxy * sxy
         # Sigma^-1 = [[syy, -sxy], [-sxy, sxx]] / det
-        maha2 = (syy[:, None] * dx * dx - 2 * sxy[:, None] * dx * dy + sxx[:, None] * dy * dy) / det[
-            :, None
-        ]
+        maha2 = (
+            syy[:, None] * dx * dx - 2 * sxy[:, None] * dx * dy + sxx[:, None] * dy * dy
+        ) / det[:, None]
         density = torch.exp(-0.5 * maha2) / (2 * math.pi * torch.sqrt(det))[:, None]
         w = weights[:, None, :] * density  # [B, P, N]
         if math.isfinite(self.cutoff):

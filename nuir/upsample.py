@@ -33,7 +33,9 @@ def upsample(
     """
     image = check_float_tensor("image", image)
     if image.dim() not in (3, 4):
-        raise ValueError(f"image must have shape [B, C, h, w] or [C, h, w], got {list(image.shape)}")
+        raise ValueError(
+            f"image must have shape [B, C, h, w] or [C, h, w], got {list(image.shape)}"
+        )
     unbatched = image.dim() == 3
     if unbatched:
         image = image.unsqueeze(0)

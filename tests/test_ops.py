@@ -1,0 +1,349 @@
+"""The CPU kernel against the reference, gradients, op registration, errors and determinism."""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import nuir
+from nuir import reference
+
+SIGMA_FORMS = ["float", "default", "per_point", "per_axis", "cov", "weights"]
+
+
+def make_case(form, *, batch=2, n=40, channels=3, size=(17, 23), dtype=torch.float64, seed=0):
+    """Random points, some outside the raster, with the Gaussian given in one of SIGMA_FORMS."""
+    g = torch.Generator().manual_seed(seed)
+    height, width = size
+    lead = (batch, n) if batch else (n,)
+    span = torch.tensor([width + 8.0, height + 8.0], dtype=dtype)
+    points = torch.rand(*lead, 2, generator=g, dtype=dtype) * span - 4.0
+    values = torch.randn(*lead, channels, generator=g, dtype=dtype)
+    kwargs = {}
+    if form == "float":
+        kwargs["sigma"] = 1.7
+    elif form == "per_point":
+        kwargs["sigma"] = 0.6 + 2.0 * torch.rand(*lead, generator=g, dtype=dtype)
+    elif form == "per_axis":
+        kwargs["sigma"] = 0.6 + 2.0 * torch.rand(*lead, 2, generator=g, dtype=dtype)
+    elif form == "cov":
+        a = torch.randn(*lead, 2, 2, generator=g, dtype=dtype)
+        kwargs["cov"] = a @ a.transpose(-1, -2) + 0.5 * torch.eye(2, dtype=dtype)
+    elif form == "weights":
+        weights = torch.rand(*lead, generator=g, dtype=dtype) * 2
+        weights[..., ::3] = 0.0
+        kwargs["weights"] = weights
+        kwargs["sigma"] = 1.3
+    return points, values, kwargs
+
+
+def forward_and_grads(fn, points, values, kwargs, size, cutoff, fill=0.25):
+    leaves = [points.clone().requires_grad_(), values.clone().requires_grad_()]
+    kw = {}
+    for key, v in kwargs.items():
+        if isinstance(v, torch.Tensor):
+            v = v.clone().requires_grad_()
+            leaves.append(v)
+        kw[key] = v
+    image, weight = fn(*leaves[:2], size, cutoff=cutoff, fill=fill, return_weight=True, **kw)
+    g = torch.Generator().manual_seed(1)
+    r_image = torch.randn(image.shape, generator=g, dtype=torch.float64).to(image.dtype)
+    r_weight = torch.randn(weight.shape, generator=g, dtype=torch.float64).to(weight.dtype)
+    loss = (image * r_image).sum() + (weight * r_weight).sum()
+    grads = torch.autograd.grad(loss, leaves)
+    return image.detach(), weight.detach(), grads
+
+
+def assert_close_scaled(actual, expected, rtol):
+    scale = expected.abs().max().item() if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-30))
+
+
+@pytest.mark.parametrize("form", SIGMA_FORMS)
+@pytest.mark.parametrize("cutoff", [3.0, 1.5, math.inf])
+def test_matches_reference_float64(compiled, form, cutoff):
+    points, values, kwargs = make_case(form)
+    got = forward_and_grads(nuir.interpolate, points, values, kwargs, (17, 23), cutoff)
+    want = forward_and_grads(reference.interpolate, points, values, kwargs, (17, 23), cutoff)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-9, atol=1e-11)
+    for g_got, g_want in zip(got[2], want[2]):
+        assert_close_scaled(g_got, g_want, 1e-8)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4, 5])
+@pytest.mark.parametrize("form", ["float", "per_axis", "cov", "weights"])
+def test_matches_reference_float32(compiled, form, channels):
+    points, values, kwargs = make_case(form, channels=channels, n=60, size=(20, 31), seed=2)
+    to32 = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    got = forward_and_grads(nuir.interpolate, points.float(), values.float(), to32, (20, 31), 3.0)
+    want = forward_and_grads(reference.interpolate, points, values, kwargs, (20, 31), 3.0)
+    assert got[0].dtype == torch.float32
+    assert_close_scaled(got[0], want[0].float(), 2e-5)
+    assert_close_scaled(got[1], want[1].float(), 2e-5)
+    for g_got, g_want in zip(got[2], want[2]):
+        assert_close_scaled(g_got, g_want.float(), 1e-3)
+
+
+def test_unbatched_matches_batched(compiled):
+    points, values, kwargs = make_case("per_point", batch=0, n=30)
+    image, weight = nuir.interpolate(points, values, (12, 9), return_weight=True, **kwargs)
+    b_kwargs = {k: v[None] for k, v in kwargs.items()}
+    b_image, b_weight = nuir.interpolate(
+        points[None], values[None], (12, 9), return_weight=True, **b_kwargs
+    )
+    assert image.shape == (3, 12, 9) and weight.shape == (12, 9)
+    torch.testing.assert_close(image, b_image[0], rtol=0, atol=0)
+    torch.testing.assert_close(weight, b_weight[0], rtol=0, atol=0)
+
+
+def test_pixel_centre_convention(compiled):
+    # A single point on the centre of row 5, column 3 peaks exactly there.
+    _, weight = nuir.interpolate(
+        torch.tensor([[3.0, 5.0]]), torch.ones(1, 1), (8, 6), 1.0, return_weight=True
+    )
+    assert divmod(int(weight.argmax()), 6) == (5, 3)
+    torch.testing.assert_close(weight[5, 3], torch.tensor(1 / (2 * math.pi)))
+
+
+def test_cutoff_and_fill(compiled):
+    points = torch.tensor([[[10.0, 10.0]]])
+    image, weight = nuir.interpolate(
+        points,
+        torch.full((1, 1, 2), 7.0),
+        (21, 21),
+        1.0,
+        cutoff=3.0,
+        fill=-1.0,
+        return_weight=True,
+    )
+    yy, xx = torch.meshgrid(torch.arange(21.0), torch.arange(21.0), indexing="ij")
+    inside = (xx - 10) ** 2 + (yy - 10) ** 2 <= 9
+    torch.testing.assert_close(image[0, :, inside], torch.full_like(image[0, :, inside], 7.0))
+    assert torch.all(image[0, :, ~inside] == -1.0)
+    assert torch.all(weight[0][~inside] == 0) and torch.all(weight[0][inside] > 0)
+
+
+def test_no_points_gives_fill(compiled):
+    image, weight = nuir.interpolate(
+        torch.zeros(2, 0, 2), torch.zeros(2, 0, 3), (5, 4), 1.0, fill=0.5, return_weight=True
+    )
+    assert torch.all(image == 0.5) and torch.all(weight == 0)
+
+
+def test_zero_weight_removes_point(compiled):
+    points, values, _ = make_case("float", n=20)
+    weights = torch.ones(2, 20, dtype=torch.float64)
+    weights[:, 10:] = 0
+    padded = nuir.interpolate(points, values, (17, 23), 1.5, weights=weights, fill=0.3)
+    kept = nuir.interpolate(points[:, :10], values[:, :10], (17, 23), 1.5, fill=0.3)
+    torch.testing.assert_close(padded, kept, rtol=0, atol=0)
+
+
+def test_half_inputs_on_cpu_are_computed_in_float32(compiled):
+    points, values, _ = make_case("float", dtype=torch.float32)
+    half = nuir.interpolate(points.half(), values.half(), (17, 23), 1.5)
+    full = nuir.interpolate(points.half().float(), values.half().float(), (17, 23), 1.5)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), full, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("form", ["per_axis", "cov", "weights"])
+@pytest.mark.parametrize("cutoff", [math.inf, 2.5])
+def test_gradcheck_float64(compiled, form, cutoff):
+    points, values, kwargs = make_case(form, batch=1, n=6, channels=2, size=(5, 6), seed=3)
+    if "weights" in kwargs:  # finite differences must not step a zero weight below zero
+        kwargs["weights"] = kwargs["weights"] + 0.2
+    names = sorted(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
+
+    def fn(p, v, *tensors):
+        kw = dict(kwargs, **dict(zip(names, tensors)))
+        image, weight = nuir.interpolate(p, v, (5, 6), cutoff=cutoff, return_weight=True, **kw)
+        return image, weight
+
+    inputs = [points, values, *(kwargs[k] for k in names)]
+    inputs = [t.clone().requires_grad_() for t in inputs]
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_opcheck(compiled):
+    points, values, kwargs = make_case("cov", batch=2, n=12, channels=3, size=(9, 7))
+    from nuir._validate import prepare
+
+    p = prepare(points, values, (9, 7), None, kwargs["cov"], None, 3.0, 0.0)
+    args = [t.contiguous().clone().requires_grad_() for t in (p.points, p.values, p.cov3)]
+    weights = torch.rand(2, 12, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.nuir.gmm_forward.default, (*args, weights, 9, 7, 3.0, 0.5))
+    image, weight = torch.ops.nuir.gmm_forward(*args, weights, 9, 7, 3.0, 0.5)
+    torch.library.opcheck(
+        torch.ops.nuir.gmm_backward.default,
+        (
+            torch.randn_like(image),
+            torch.randn_like(weight),
+            image.detach(),
+            weight.detach(),
+            *(t.detach() for t in args),
+            weights.detach(),
+            3.0,
+        ),
+    )
+
+
+def test_deterministic_across_runs_and_thread_counts(compiled):
+    points, values, kwargs = make_case(
+        "per_point", batch=1, n=3000, size=(96, 128), dtype=torch.float32, seed=5
+    )
+
+    def run():
+        image, weight, grads = forward_and_grads(
+            nuir.interpolate, points, values, kwargs, (96, 128), 3.0
+        )
+        return [image, weight, *grads]
+
+    threads = torch.get_num_threads()
+    try:
+        first, second = run(), run()
+        torch.set_num_threads(1)
+        single = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(first, second, single):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_torch_compile_traces_the_op(compiled):
+    points, values, _ = make_case("per_point", dtype=torch.float32)
+    sigma = torch.full(points.shape[:2], 1.5, requires_grad=True)
+
+    def render(p, v, s):
+        return nuir.interpolate(p * 1.0, v, (17, 23), s).square().mean()
+
+    compiled_render = torch.compile(render, backend="aot_eager", fullgraph=True)
+    p = points.clone().requires_grad_()
+    loss = compiled_render(p, values, sigma)
+    loss.backward()
+    p2 = points.clone().requires_grad_()
+    sigma2 = sigma.detach().clone().requires_grad_()
+    eager = render(p2, values, sigma2)
+    eager.backward()
+    torch.testing.assert_close(loss, eager)
+    torch.testing.assert_close(p.grad, p2.grad)
+    torch.testing.assert_close(sigma.grad, sigma2.grad)
+
+
+def test_reference_handles_256x256_from_4096_points():
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand(4096, 2, generator=g) * 256
+    values = torch.rand(4096, 3, generator=g, requires_grad=True)
+    image = reference.interpolate(points, values, (256, 256), 2.0)
+    image.mean().backward()
+    assert image.shape == (3, 256, 256) and torch.isfinite(values.grad).all()
+
+
+def test_falls_back_to_reference_without_a_compiler(tmp_path):
+    script = (
+        "import warnings, torch, nuir\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    a = nuir.interpolate(torch.rand(5, 2) * 4, torch.rand(5, 1), (4, 4), 1.0)\n"
+        "    b = nuir.interpolate(torch.rand(5, 2) * 4, torch.rand(5, 1), (4, 4), 1.0)\n"
+        "msgs = [str(w.message) for w in caught if 'nuir' in str(w.message)]\n"
+        "assert len(msgs) == 1 and 'reference' in msgs[0], msgs\n"
+        "print(nuir.backend_name())\n"
+    )
+    env = dict(
+        os.environ,
+        CXX=str(tmp_path / "no-such-compiler"),
+        TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"),
+        NUIR_BACKEND="auto",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "reference"
+
+
+def test_import_never_builds(tmp_path):
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path / "ext"))
+    code = "import nuir, nuir.ops, nuir.reference; import os, sys; sys.exit(0)"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert not (tmp_path / "ext").exists()
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+P = torch.rand(2, 5, 2)
+V = torch.rand(2, 5, 3)
+BAD_INPUTS = [
+    (dict(points=[[0.0, 0.0]]), TypeError, "points must be a torch.Tensor"),
+    (dict(points=torch.zeros(2, 5, 2, dtype=torch.int64)), TypeError, "points must be a floating"),
+    (dict(points=torch.rand(2, 5, 3)), ValueError, "points must have shape"),
+    (dict(points=torch.rand(2, 2, 5, 2)), ValueError, "points must have shape"),
+    (dict(values=torch.rand(2, 5)), ValueError, "values must have shape"),
+    (dict(values=torch.rand(2, 4, 3)), ValueError, "disagree on the batch / point"),
+    (dict(values=torch.rand(3, 5, 3)), ValueError, "disagree on the batch / point"),
+    (dict(values=torch.rand(2, 5, 0)), ValueError, "at least one channel"),
+    (dict(values=torch.rand(2, 5, 3, dtype=torch.float64)), TypeError, "values has dtype"),
+    (dict(values=torch.rand(2, 5, 3, device="meta")), ValueError, "values is on meta"),
+    (
+        dict(points=torch.tensor([[[0.0, math.nan]]]), values=torch.rand(1, 1, 1)),
+        ValueError,
+        "points must be finite",
+    ),
+    (
+        dict(points=torch.tensor([[[0.0, math.inf]]]), values=torch.rand(1, 1, 1)),
+        ValueError,
+        "points must be finite",
+    ),
+    (dict(size=(0, 4)), ValueError, "size must be positive"),
+    (dict(size=(4, -2)), ValueError, "size must be positive"),
+    (dict(size=(4.0, 4)), TypeError, "size must be a pair"),
+    (dict(size=4), TypeError, "size must be a pair"),
+    (dict(size=(1 << 22, 1 << 22)), ValueError, "needs"),
+    (dict(sigma=0.0), ValueError, "sigma must be > 0"),
+    (dict(sigma=-1.0), ValueError, "sigma must be > 0"),
+    (dict(sigma=math.nan), ValueError, "sigma must not be NaN"),
+    (dict(sigma="2"), TypeError, "sigma must be a real number"),
+    (dict(sigma=torch.tensor([[1.0, 0.0, 1.0, 1.0, 1.0]] * 2)), ValueError, "sigma must be > 0"),
+    (dict(sigma=torch.ones(2, 4)), ValueError, "sigma must have shape"),
+    (dict(sigma=torch.ones(2, 5, 3)), ValueError, "sigma must have shape"),
+    (dict(sigma=torch.ones(2, 5, 2, 2)), ValueError, "sigma must be a float or have shape"),
+    (dict(sigma=torch.ones(2, 5, dtype=torch.int32)), TypeError, "sigma must be a floating"),
+    (dict(sigma=1.0, cov=torch.eye(2).expand(2, 5, 2, 2)), ValueError, "not both"),
+    (dict(cov=torch.eye(2).expand(2, 4, 2, 2)), ValueError, "cov must have shape"),
+    (
+        dict(cov=torch.tensor([[1.0, 0.5], [0.2, 1.0]]).expand(2, 5, 2, 2)),
+        ValueError,
+        "cov must be symmetric",
+    ),
+    (
+        dict(cov=torch.tensor([[1.0, 2.0], [2.0, 1.0]]).expand(2, 5, 2, 2)),
+        ValueError,
+        "cov must be positive definite",
+    ),
+    (dict(cov=-torch.eye(2).expand(2, 5, 2, 2)), ValueError, "cov must be positive definite"),
+    (dict(weights=-torch.ones(2, 5)), ValueError, "weights must be >= 0"),
+    (dict(weights=torch.full((2, 5), math.nan)), ValueError, "weights must be >= 0"),
+    (dict(weights=torch.ones(2, 6)), ValueError, "weights must have shape"),
+    (dict(weights=torch.ones(2, 5, dtype=torch.int64)), TypeError, "weights must be a floating"),
+    (dict(cutoff=0.0), ValueError, "cutoff must be > 0"),
+    (dict(cutoff=-3.0), ValueError, "cutoff must be > 0"),
+    (dict(cutoff=math.nan), ValueError, "cutoff must not be NaN"),
+    (dict(fill="zero"), TypeError, "fill must be a real number"),
+]
+
+
+@pytest.mark.parametrize("change,error,message", BAD_INPUTS)
+@pytest.mark.parametrize("fn", [nuir.interpolate, reference.interpolate], ids=["op", "reference"])
+def test_bad_input(fn, change, error, message):
+    kwargs = dict(points=P, values=V, size=(8, 8), sigma=None)
+    kwargs.update(change)
+    if "cov" in change and "sigma" not in change:
+        kwargs["sigma"] = None
+    points, values, size = kwargs.pop("points"), kwargs.pop("values"), kwargs.pop("size")
+    with pytest.raises(error, match=message.replace("(", r"\(").replace("[", r"\[")):
+        fn(points, values, size, **kwargs)
