@@ -19,7 +19,8 @@ import torch
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
-CXX_FLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
+# -fno-trapping-math lets the masked lane loops vectorise; no result depends on FP traps.
+CXX_FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno"]
 NVCC_FLAGS = ["-O3", "-lineinfo"]
 
 
@@ -87,14 +88,21 @@ def compiled_available() -> bool:
             _state["ok"] = False
             _state["error"] = exc
             warnings.warn(
-                "nuir: could not build the compiled operator "
-                f"({type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc) else ''}); "
+                f"nuir: could not build the compiled operator ({_first_error(exc)}); "
                 "using the pure-PyTorch reference, which is much slower. "
                 "Set NUIR_VERBOSE_BUILD=1 to see the build log.",
                 RuntimeWarning,
                 stacklevel=3,
             )
         return bool(_state["ok"])
+
+
+def _first_error(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    errors = [line for line in lines if "error:" in line] or [
+        line for line in lines if "error" in line.lower() and "build stopped" not in line
+    ]
+    return (errors or lines)[0 if errors else -1].strip()[:300]
 
 
 def backend_name() -> str:

@@ -1,8 +1,8 @@
 // CPU kernels of nuir::gmm_forward and nuir::gmm_backward.
 //
-// Forward: points are binned into 16x16 output tiles by a counting sort over (tile, point) pairs,
-// in point order; tiles run in parallel, each accumulating its numerators and total weight in a
-// small local buffer, point after point in a fixed order. No atomics: bitwise reproducible.
+// Forward: points are binned into bands of 16 output rows by a counting sort over (band, point)
+// pairs, in point order; bands run in parallel, each accumulating its numerators and total weight
+// in a local buffer, point after point in a fixed order. No atomics: bitwise reproducible.
 // Backward: one pass over the pixels makes g/W and <g, v>/W - dL/dW; then every point gathers over
 // the pixels of its cutoff box (points in parallel), again without atomics.
 #include <ATen/Dispatch.h>
@@ -23,10 +23,74 @@
 namespace nuir {
 namespace {
 
-constexpr int64_t kTile = 16;
+// Bands are kLanes rows high; every inner loop runs over kLanes lanes of one row, a fixed trip
+// count that compiles to whole vector registers.
+constexpr int64_t kLanes = 16;
 
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// kLanes values of one row, as a GCC/Clang vector: element-wise arithmetic compiles to whole
+// SIMD registers on any x86-64 / ARM target; comparisons give lane masks for `mask ? a : b`.
+template <typename T>
+struct Lanes {
+  typedef T type __attribute__((vector_size(kLanes * sizeof(T))));
+};
+template <typename T>
+using vec = typename Lanes<T>::type;
+
+template <typename T>
+inline vec<T> load(const T* p) {
+  vec<T> v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void store(T* p, const vec<T>& v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
+template <typename T>
+inline vec<T> splat(T x) {
+  return vec<T>{} + x;
+}
+template <typename T>
+inline vec<T> lane_index() {
+  vec<T> v;
+  for (int64_t j = 0; j < kLanes; ++j) v[j] = T(j);
+  return v;
+}
+template <typename T>
+inline T lane_sum(const vec<T>& v) {  // fixed order: deterministic
+  T total = 0;
+  for (int64_t j = 0; j < kLanes; ++j) total += v[j];
+  return total;
+}
+
+// exp(x) for float lanes: Cody-Waite range reduction and a degree-6 polynomial (error < 1 ulp on
+// [-87, 88]; 0 below -87, where expf is denormal or 0). Double lanes use std::exp.
+inline vec<float> exp_lanes(vec<float> x) {
+  using VI = vec<int32_t>;
+  vec<float> xc = x < -87.0f ? splat(-87.0f) : x;
+  xc = xc > 88.0f ? splat(88.0f) : xc;
+  const VI k = __builtin_convertvector(xc * 1.44269504088896341f + 128.5f, VI) - 128;
+  const vec<float> kf = __builtin_convertvector(k, vec<float>);
+  const vec<float> r = (xc - kf * 0.693359375f) + kf * 2.12194440e-4f;
+  vec<float> p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const vec<float> e = p * (vec<float>)((k + 127) << 23);
+  return x < -87.0f ? splat(0.0f) : e;
+}
+inline vec<double> exp_lanes(vec<double> x) {
+  for (int64_t j = 0; j < kLanes; ++j) x[j] = std::exp(x[j]);
+  return x;
+}
+inline float exp_scalar(float x) { return exp_lanes(splat(x))[0]; }
+inline double exp_scalar(double x) { return std::exp(x); }
 
 void check_inputs(const at::Tensor& points, const at::Tensor& values, const at::Tensor& cov3,
                   const at::Tensor& weights) {
@@ -65,127 +129,119 @@ void setup_points(const scalar_t* points, const scalar_t* cov3, const scalar_t* 
   });
 }
 
-// Accumulates one point into a tile buffer acc [(C + 1), kTile, kTile]: channel planes, then W.
+// Accumulates one point into a band buffer acc [(C + 1), kLanes, pitch]: the C numerator planes,
+// then the total weight W, for the band's kLanes rows starting at row ty0. Rows y0..y1 and columns
+// x0..x1 are the point's cutoff box inside the band; columns go kLanes at a time.
 template <typename acc_t, int kC>
-inline void splat_point(const Gaussian<acc_t>& g, const acc_t* value, int channels, int64_t tx0,
-                        int64_t ty0, int64_t x0, int64_t x1, int64_t y0, int64_t y1,
+inline void splat_point(const Gaussian<acc_t>& g, const acc_t* value, int channels, int64_t ty0,
+                        int64_t x0, int64_t x1, int64_t y0, int64_t y1, int64_t pitch,
                         acc_t* __restrict acc) {
+  using V = vec<acc_t>;
   const int C = kC > 0 ? kC : channels;
-  const int64_t nx = x1 - x0 + 1;
-  acc_t dxs[kTile], qx[kTile], ex[kTile];
-  for (int64_t j = 0; j < nx; ++j) {
-    const acc_t dx = acc_t(x0 + j) - g.mx;
-    dxs[j] = dx;
-    qx[j] = g.ia * dx * dx;
-    ex[j] = g.diagonal ? std::exp(acc_t(-0.5) * qx[j]) : acc_t(0);
+  const int64_t plane = kLanes * pitch;
+  const V lane = lane_index<acc_t>();
+  V qy{}, ey{};
+  if (g.diagonal) {
+    const V dy = lane + (acc_t(ty0) - g.my);
+    qy = g.ic * dy * dy;
+    ey = g.norm * exp_lanes(acc_t(-0.5) * qy);
   }
-  acc_t cval[kC > 0 ? kC : 1];
-  if constexpr (kC > 0) {
-    for (int c = 0; c < kC; ++c) cval[c] = value[c];
-  }
-  const int64_t plane = kTile * kTile;
-  for (int64_t y = y0; y <= y1; ++y) {
-    const acc_t dy = acc_t(y) - g.my;
-    const acc_t qy = g.ic * dy * dy;
-    const int64_t row = (y - ty0) * kTile + (x0 - tx0);
-    acc_t w[kTile];
-    if (g.diagonal) {
-      const acc_t wy = g.norm * std::exp(acc_t(-0.5) * qy);
-      for (int64_t j = 0; j < nx; ++j) w[j] = (qx[j] + qy <= g.cut2) ? wy * ex[j] : acc_t(0);
-    } else {
-      const acc_t bdy = acc_t(2) * g.ib * dy;
-      for (int64_t j = 0; j < nx; ++j) {
-        const acc_t m2 = qx[j] + bdy * dxs[j] + qy;
-        w[j] = m2 <= g.cut2 ? g.norm * std::exp(acc_t(-0.5) * m2) : acc_t(0);
+  for (int64_t xc = x0; xc <= x1; xc += kLanes) {
+    const V xs = lane + acc_t(xc);
+    const V dx = xs - g.mx;
+    const V qx = g.ia * dx * dx;
+    const auto inbox = xs <= acc_t(x1);
+    const V ex = g.diagonal ? (inbox ? exp_lanes(acc_t(-0.5) * qx) : V{}) : V{};
+    for (int64_t y = y0; y <= y1; ++y) {
+      const int64_t r = y - ty0;
+      V w;
+      if (g.diagonal) {
+        w = (qx + qy[r] <= g.cut2) ? ey[r] * ex : V{};
+      } else {
+        const acc_t dy = acc_t(y) - g.my;
+        const V m2 = qx + (acc_t(2) * g.ib * dy) * dx + g.ic * dy * dy;
+        w = ((m2 <= g.cut2) & inbox) ? g.norm * exp_lanes(acc_t(-0.5) * m2) : V{};
       }
-    }
-    acc_t* __restrict wsum = acc + C * plane + row;
-    for (int64_t j = 0; j < nx; ++j) wsum[j] += w[j];
-    for (int c = 0; c < C; ++c) {
-      const acc_t v = kC > 0 ? cval[c] : acc_t(value[c]);
-      acc_t* __restrict num = acc + c * plane + row;
-      for (int64_t j = 0; j < nx; ++j) num[j] += w[j] * v;
+      acc_t* row = acc + r * pitch + xc;
+      store(row + C * plane, load(row + C * plane) + w);
+      for (int c = 0; c < C; ++c) store(row + c * plane, load(row + c * plane) + w * value[c]);
     }
   }
 }
 
+// Forward. The output is cut into bands of kLanes rows; a counting sort lists, for every band,
+// the points whose cutoff box meets it, in point order. Bands run in parallel, each summing its
+// points into a local buffer in that fixed order: no atomics, the same bits for any thread count.
 template <typename scalar_t, int kC>
 void forward_impl(const at::Tensor& points, const at::Tensor& values, const at::Tensor& cov3,
                   const at::Tensor& weights, int64_t height, int64_t width, double cutoff,
                   double fill, at::Tensor& image, at::Tensor& weight_map) {
   using acc_t = acc_type<scalar_t>;
   const int64_t batch = points.size(0), n = points.size(1), channels = values.size(2);
-  const int64_t tiles_x = (width + kTile - 1) / kTile, tiles_y = (height + kTile - 1) / kTile;
-  const int64_t n_tiles = tiles_x * tiles_y;
-  const scalar_t* pts = points.data_ptr<scalar_t>();
+  const int64_t bands = (height + kLanes - 1) / kLanes, pitch = width + kLanes;
   const scalar_t* val = values.data_ptr<scalar_t>();
-  const scalar_t* cov = cov3.data_ptr<scalar_t>();
-  const scalar_t* wts = weights.data_ptr<scalar_t>();
   scalar_t* out = image.data_ptr<scalar_t>();
   scalar_t* wout = weight_map.data_ptr<scalar_t>();
 
-  std::vector<Gaussian<acc_t>> gaussians(n);
-  std::vector<int64_t> boxes(4 * n);
-  std::vector<int64_t> tile_start(n_tiles + 1);
-  std::vector<int32_t> tile_points;
-  std::vector<acc_t> values_acc(n * channels);
+  std::vector<Gaussian<acc_t>> gaussians(batch * n);
+  std::vector<int64_t> boxes(4 * batch * n);
+  setup_points<acc_t>(points.data_ptr<scalar_t>(), cov3.data_ptr<scalar_t>(),
+                      weights.data_ptr<scalar_t>(), batch * n, height, width, cutoff,
+                      gaussians.data(), boxes.data());
+  std::vector<acc_t> values_acc(batch * n * channels);
+  for (int64_t k = 0; k < batch * n * channels; ++k) values_acc[k] = acc_t(val[k]);
 
-  for (int64_t b = 0; b < batch; ++b) {
-    setup_points<acc_t>(pts + b * n * 2, cov + b * n * 3, wts + b * n, n, height, width, cutoff,
-                        gaussians.data(), boxes.data());
-    for (int64_t k = 0; k < n * channels; ++k) values_acc[k] = acc_t(val[b * n * channels + k]);
-    // Counting sort of (tile, point) pairs by tile, points in order within a tile.
-    std::fill(tile_start.begin(), tile_start.end(), 0);
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t* bx = &boxes[4 * i];
+  // Counting sort of (band, point) pairs by band over the whole batch.
+  std::vector<int64_t> band_start(batch * bands + 1, 0), band_points;
+  for (int pass = 0; pass < 2; ++pass) {
+    std::vector<int64_t> cursor;
+    if (pass == 1) cursor.assign(band_start.begin(), band_start.end() - 1);
+    for (int64_t bi = 0; bi < batch * n; ++bi) {
+      const int64_t* bx = &boxes[4 * bi];
       if (bx[0] > bx[1] || bx[2] > bx[3]) continue;
-      for (int64_t ty = bx[2] / kTile; ty <= bx[3] / kTile; ++ty)
-        for (int64_t tx = bx[0] / kTile; tx <= bx[1] / kTile; ++tx) ++tile_start[ty * tiles_x + tx + 1];
-    }
-    for (int64_t t = 0; t < n_tiles; ++t) tile_start[t + 1] += tile_start[t];
-    tile_points.resize(tile_start[n_tiles]);
-    {
-      std::vector<int64_t> cursor(tile_start.begin(), tile_start.end() - 1);
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t* bx = &boxes[4 * i];
-        if (bx[0] > bx[1] || bx[2] > bx[3]) continue;
-        for (int64_t ty = bx[2] / kTile; ty <= bx[3] / kTile; ++ty)
-          for (int64_t tx = bx[0] / kTile; tx <= bx[1] / kTile; ++tx)
-            tile_points[cursor[ty * tiles_x + tx]++] = int32_t(i);
-      }
-    }
-
-    scalar_t* out_b = out + b * channels * height * width;
-    scalar_t* wout_b = wout + b * height * width;
-    at::parallel_for(0, n_tiles, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> acc((channels + 1) * kTile * kTile);
-      const int64_t plane = kTile * kTile;
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t tx0 = (t % tiles_x) * kTile, ty0 = (t / tiles_x) * kTile;
-        const int64_t tx1 = std::min(tx0 + kTile, width) - 1, ty1 = std::min(ty0 + kTile, height) - 1;
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        for (int64_t k = tile_start[t]; k < tile_start[t + 1]; ++k) {
-          const int64_t i = tile_points[k];
-          const int64_t* bx = &boxes[4 * i];
-          const int64_t x0 = std::max(bx[0], tx0), x1 = std::min(bx[1], tx1);
-          const int64_t y0 = std::max(bx[2], ty0), y1 = std::min(bx[3], ty1);
-          splat_point<acc_t, kC>(gaussians[i], &values_acc[i * channels], int(channels), tx0, ty0,
-                                 x0, x1, y0, y1, acc.data());
-        }
-        for (int64_t y = ty0; y <= ty1; ++y) {
-          for (int64_t x = tx0; x <= tx1; ++x) {
-            const int64_t local = (y - ty0) * kTile + (x - tx0);
-            const acc_t total = acc[channels * plane + local];
-            wout_b[y * width + x] = scalar_t(total);
-            for (int64_t c = 0; c < channels; ++c) {
-              out_b[(c * height + y) * width + x] =
-                  total > acc_t(0) ? scalar_t(acc[c * plane + local] / total) : scalar_t(fill);
-            }
-          }
+      const int64_t first = (bi / n) * bands;
+      for (int64_t band = bx[2] / kLanes; band <= bx[3] / kLanes; ++band) {
+        if (pass == 0) {
+          ++band_start[first + band + 1];
+        } else {
+          band_points[cursor[first + band]++] = bi;
         }
       }
-    });
+    }
+    if (pass == 0) {
+      for (int64_t t = 0; t < batch * bands; ++t) band_start[t + 1] += band_start[t];
+      band_points.resize(band_start.back());
+    }
   }
+
+  at::parallel_for(0, batch * bands, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc((channels + 1) * kLanes * pitch);
+    const int64_t plane = kLanes * pitch;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / bands, ty0 = (t % bands) * kLanes;
+      const int64_t ty1 = std::min(ty0 + kLanes, height) - 1;
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t k = band_start[t]; k < band_start[t + 1]; ++k) {
+        const int64_t bi = band_points[k];
+        const int64_t* bx = &boxes[4 * bi];
+        splat_point<acc_t, kC>(gaussians[bi], &values_acc[bi * channels], int(channels), ty0,
+                               bx[0], bx[1], std::max(bx[2], ty0), std::min(bx[3], ty1), pitch,
+                               acc.data());
+      }
+      scalar_t* out_b = out + b * channels * height * width;
+      scalar_t* wout_b = wout + b * height * width;
+      for (int64_t y = ty0; y <= ty1; ++y) {
+        const acc_t* total = &acc[channels * plane + (y - ty0) * pitch];
+        for (int64_t x = 0; x < width; ++x) wout_b[y * width + x] = scalar_t(total[x]);
+        for (int64_t c = 0; c < channels; ++c) {
+          const acc_t* num = &acc[c * plane + (y - ty0) * pitch];
+          scalar_t* dst = out_b + (c * height + y) * width;
+          for (int64_t x = 0; x < width; ++x)
+            dst[x] = total[x] > acc_t(0) ? scalar_t(num[x] / total[x]) : scalar_t(fill);
+        }
+      }
+    }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> gmm_forward_cpu(const at::Tensor& points,
@@ -219,6 +275,80 @@ std::tuple<at::Tensor, at::Tensor> gmm_forward_cpu(const at::Tensor& points,
 // ---------------------------------------------------------------------------------------------
 // Backward.
 
+// Gradient sums of one point, gathered over the pixels of its box, kLanes pixels of a row at a
+// time. `map` holds, for the point's batch element, C + 1 planes of row stride `pitch`
+// (>= W + kLanes, zero padded): G_c = g_c / W and s = <g, v> / W - dL/dW, so that dL/dw for a
+// pair is <G, c_i> - s.
+template <typename acc_t, int kC>
+void gather_point(const Gaussian<acc_t>& g, acc_t weight, const acc_t* value, int channels,
+                  int64_t x0, int64_t x1, int64_t y0, int64_t y1, const acc_t* map,
+                  int64_t plane, int64_t pitch, std::vector<acc_t>& ex_buf,
+                  std::vector<acc_t>& ey_buf, acc_t* grad_value, PointGradSums<acc_t>& sums) {
+  using V = vec<acc_t>;
+  const int C = kC > 0 ? kC : channels;
+  const V lane = lane_index<acc_t>();
+  if (g.diagonal) {  // the Gaussian's x and y factors, once per column and row of the box
+    const int64_t nx = (x1 - x0 + kLanes) / kLanes * kLanes, ny = (y1 - y0 + kLanes) / kLanes * kLanes;
+    ex_buf.resize(nx);
+    ey_buf.resize(ny);
+    for (int64_t j = 0; j < nx; j += kLanes) {
+      const V dx = lane + (acc_t(x0 + j) - g.mx);
+      store(&ex_buf[j], exp_lanes(acc_t(-0.5) * g.ia * dx * dx));
+    }
+    for (int64_t j = 0; j < ny; j += kLanes) {
+      const V dy = lane + (acc_t(y0 + j) - g.my);
+      store(&ey_buf[j], g.density_norm * exp_lanes(acc_t(-0.5) * g.ic * dy * dy));
+    }
+  }
+  constexpr int kMaxC = kC > 0 ? kC : 1;
+  V a_gv[kMaxC] = {};
+  std::vector<V> a_gv_dyn(kC > 0 ? 0 : C, V{});
+  V a_kd{}, a_kw{}, a_ux{}, a_uy{}, a_uxux{}, a_uxuy{}, a_uyuy{};
+  for (int64_t y = y0; y <= y1; ++y) {
+    const acc_t dy = acc_t(y) - g.my;
+    const acc_t qy = g.ic * dy * dy, bdy = acc_t(2) * g.ib * dy;
+    const acc_t ey = g.diagonal ? ey_buf[y - y0] : acc_t(0);
+    for (int64_t xc = x0; xc <= x1; xc += kLanes) {
+      const acc_t* row = map + y * pitch + xc;
+      const V xs = lane + acc_t(xc);
+      const V dx = xs - g.mx;
+      const V m2 = g.ia * dx * dx + bdy * dx + qy;
+      const auto live = (xs <= acc_t(x1)) & (m2 <= g.cut2);
+      const V e = g.diagonal ? ey * load(&ex_buf[xc - x0])
+                             : g.density_norm * exp_lanes(acc_t(-0.5) * m2);
+      const V dens = live ? e : V{};
+      const V w = weight * dens;
+      V k = live ? -load(row + C * plane) : V{};
+      for (int c = 0; c < C; ++c) {
+        const V gc = live ? load(row + c * plane) : V{};
+        k += gc * value[c];
+        if constexpr (kC > 0) {
+          a_gv[c] += w * gc;
+        } else {
+          a_gv_dyn[c] += w * gc;
+        }
+      }
+      const V ux = g.ia * dx + g.ib * dy, uy = g.ib * dx + g.ic * dy;
+      const V kw = k * w;
+      a_kd += k * dens;
+      a_kw += kw;
+      a_ux += kw * ux;
+      a_uy += kw * uy;
+      a_uxux += kw * ux * ux;
+      a_uxuy += kw * ux * uy;
+      a_uyuy += kw * uy * uy;
+    }
+  }
+  for (int c = 0; c < C; ++c) grad_value[c] = lane_sum<acc_t>(kC > 0 ? a_gv[c] : a_gv_dyn[c]);
+  sums.k_density = lane_sum<acc_t>(a_kd);
+  sums.kw = lane_sum<acc_t>(a_kw);
+  sums.kw_ux = lane_sum<acc_t>(a_ux);
+  sums.kw_uy = lane_sum<acc_t>(a_uy);
+  sums.kw_uxux = lane_sum<acc_t>(a_uxux);
+  sums.kw_uxuy = lane_sum<acc_t>(a_uxuy);
+  sums.kw_uyuy = lane_sum<acc_t>(a_uyuy);
+}
+
 template <typename scalar_t, int kC>
 void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
                    const at::Tensor& image, const at::Tensor& weight_map, const at::Tensor& points,
@@ -228,35 +358,36 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
   using acc_t = acc_type<scalar_t>;
   const int64_t batch = points.size(0), n = points.size(1), C = values.size(2);
   const int64_t height = image.size(2), width = image.size(3), hw = height * width;
-  const int64_t stride = C + 1;  // per pixel: g_c / W for each channel, then s
+  const int64_t pitch = width + kLanes, plane = height * pitch;
 
-  // Per-pixel map [B, H, W, C + 1]: G = g / W and s = <g, v> / W - dL/dW (G = 0, s = -dL/dW where
-  // W == 0), so that for a pair dL/dw = <G, c_i> - s.
-  std::vector<acc_t> pixel_map(batch * hw * stride);
+  // Per-pixel maps [B, C + 1, H, pitch]: G = g / W and s = <g, v> / W - dL/dW (G = 0 and
+  // s = -dL/dW where W == 0), zero in the padding columns.
+  std::vector<acc_t> pixel_map(size_t(batch) * (C + 1) * plane, acc_t(0));
   {
     const scalar_t* gi = grad_image.data_ptr<scalar_t>();
     const scalar_t* gw = grad_weight ? grad_weight->data_ptr<scalar_t>() : nullptr;
     const scalar_t* img = image.data_ptr<scalar_t>();
     const scalar_t* wm = weight_map.data_ptr<scalar_t>();
-    at::parallel_for(0, batch * hw, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t q = begin; q < end; ++q) {
-        const int64_t b = q / hw, pix = q % hw;
-        const acc_t total = acc_t(wm[q]);
-        acc_t* m = &pixel_map[q * stride];
-        acc_t s = 0;
-        if (total > acc_t(0)) {
-          const acc_t inv = acc_t(1) / total;
-          for (int64_t c = 0; c < C; ++c) {
-            const int64_t idx = (b * C + c) * hw + pix;
-            const acc_t g = acc_t(gi[idx]);
-            m[c] = g * inv;
-            s += g * acc_t(img[idx]);
+    at::parallel_for(0, batch * height, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t by = begin; by < end; ++by) {
+        const int64_t b = by / height, y = by % height;
+        acc_t* map = &pixel_map[size_t(b) * (C + 1) * plane + y * pitch];
+        for (int64_t x = 0; x < width; ++x) {
+          const int64_t q = b * hw + y * width + x;
+          const acc_t total = acc_t(wm[q]);
+          acc_t s = 0;
+          if (total > acc_t(0)) {
+            const acc_t inv = acc_t(1) / total;
+            for (int64_t c = 0; c < C; ++c) {
+              const int64_t idx = (b * C + c) * hw + y * width + x;
+              const acc_t gq = acc_t(gi[idx]);
+              map[c * plane + x] = gq * inv;
+              s += gq * acc_t(img[idx]);
+            }
+            s *= inv;
           }
-          s *= inv;
-        } else {
-          for (int64_t c = 0; c < C; ++c) m[c] = 0;
+          map[C * plane + x] = s - (gw ? acc_t(gw[q]) : acc_t(0));
         }
-        m[C] = s - (gw ? acc_t(gw[q]) : acc_t(0));
       }
     });
   }
@@ -270,9 +401,32 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
   scalar_t* gc = g_cov3.data_ptr<scalar_t>();
   scalar_t* ga = g_weights.data_ptr<scalar_t>();
 
-  at::parallel_for(0, batch * n, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t bi = begin; bi < end; ++bi) {
-      const int64_t b = bi / n;
+  // Visit points in the order of their box's first tile so that neighbouring work reads
+  // neighbouring pixels. Each point is handled by exactly one thread: no atomics.
+  const int64_t tiles_x = (width + kLanes - 1) / kLanes, tiles_y = (height + kLanes - 1) / kLanes;
+  std::vector<int64_t> order(size_t(batch) * n);
+  {
+    std::vector<int64_t> key(size_t(batch) * n), count(size_t(batch) * tiles_x * tiles_y + 2, 0);
+    for (int64_t bi = 0; bi < batch * n; ++bi) {
+      int64_t x0, x1, y0, y1;
+      const scalar_t* p = pts + 2 * bi;
+      const scalar_t* cv = cov + 3 * bi;
+      cutoff_box(double(p[0]), double(p[1]), double(cv[0]), double(cv[2]), cutoff, height,
+                 width, x0, x1, y0, y1);
+      const bool empty = x0 > x1 || y0 > y1;
+      key[bi] = empty ? 0 : 1 + (bi / n) * tiles_x * tiles_y + (y0 / kLanes) * tiles_x + x0 / kLanes;
+      ++count[key[bi] + 1];
+    }
+    for (size_t t = 1; t < count.size(); ++t) count[t] += count[t - 1];
+    for (int64_t bi = 0; bi < batch * n; ++bi) order[count[key[bi]]++] = bi;
+  }
+
+  at::parallel_for(0, batch * n, 256, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> ex_buf, ey_buf;
+    acc_t cval[kC > 0 ? kC : 1];
+    std::vector<acc_t> cval_dyn(kC > 0 ? 0 : C), gval(C);
+    for (int64_t o = begin; o < end; ++o) {
+      const int64_t bi = order[o], b = bi / n;
       const scalar_t* p = pts + 2 * bi;
       const scalar_t* cv = cov + 3 * bi;
       const Gaussian<acc_t> g = make_gaussian<acc_t>(acc_t(p[0]), acc_t(p[1]), acc_t(cv[0]),
@@ -281,51 +435,16 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
       int64_t x0, x1, y0, y1;
       cutoff_box(double(p[0]), double(p[1]), double(cv[0]), double(cv[2]), cutoff, height, width,
                  x0, x1, y0, y1);
-      const int Cn = kC > 0 ? kC : int(C);
-      acc_t cval[kC > 0 ? kC : 1];
-      if constexpr (kC > 0) {
-        for (int c = 0; c < kC; ++c) cval[c] = acc_t(val[bi * kC + c]);
-      }
-      acc_t gval[kC > 0 ? kC : 1] = {};
-      std::vector<acc_t> gval_dyn(kC > 0 ? 0 : C, acc_t(0));
+      acc_t* value = kC > 0 ? cval : cval_dyn.data();
+      for (int64_t c = 0; c < C; ++c) value[c] = acc_t(val[bi * C + c]);
       PointGradSums<acc_t> sums;
-      const acc_t* map_b = &pixel_map[b * hw * stride];
-      for (int64_t y = y0; y <= y1; ++y) {
-        const acc_t dy = acc_t(y) - g.my;
-        const acc_t qy = g.ic * dy * dy;
-        const acc_t bdy = acc_t(2) * g.ib * dy;
-        const acc_t ey = g.diagonal ? std::exp(acc_t(-0.5) * qy) : acc_t(0);
-        for (int64_t x = x0; x <= x1; ++x) {
-          const acc_t dx = acc_t(x) - g.mx;
-          const acc_t m2 = g.ia * dx * dx + bdy * dx + qy;
-          if (!(m2 <= g.cut2)) continue;
-          const acc_t density =
-              g.density_norm *
-              (g.diagonal ? ey * std::exp(acc_t(-0.5) * g.ia * dx * dx) : std::exp(acc_t(-0.5) * m2));
-          const acc_t w = density * acc_t(wts[bi]);
-          const acc_t* m = map_b + (y * width + x) * stride;
-          acc_t k = -m[Cn];
-          for (int c = 0; c < Cn; ++c) {
-            const acc_t cvalue = kC > 0 ? cval[c] : acc_t(val[bi * C + c]);
-            k += m[c] * cvalue;
-            if constexpr (kC > 0) {
-              gval[c] += w * m[c];
-            } else {
-              gval_dyn[c] += w * m[c];
-            }
-          }
-          const acc_t ux = g.ia * dx + g.ib * dy, uy = g.ib * dx + g.ic * dy;
-          const acc_t kw = k * w;
-          sums.k_density += k * density;
-          sums.kw += kw;
-          sums.kw_ux += kw * ux;
-          sums.kw_uy += kw * uy;
-          sums.kw_uxux += kw * ux * ux;
-          sums.kw_uxuy += kw * ux * uy;
-          sums.kw_uyuy += kw * uy * uy;
-        }
+      std::fill(gval.begin(), gval.end(), acc_t(0));
+      if (x0 <= x1 && y0 <= y1) {
+        gather_point<acc_t, kC>(g, acc_t(wts[bi]), value, int(C), x0, x1, y0, y1,
+                                &pixel_map[size_t(b) * (C + 1) * plane], plane, pitch, ex_buf, ey_buf,
+                                gval.data(), sums);
       }
-      for (int c = 0; c < Cn; ++c) gv[bi * C + c] = scalar_t(kC > 0 ? gval[c] : gval_dyn[c]);
+      for (int64_t c = 0; c < C; ++c) gv[bi * C + c] = scalar_t(gval[c]);
       gp[2 * bi] = scalar_t(sums.kw_ux);
       gp[2 * bi + 1] = scalar_t(sums.kw_uy);
       acc_t g_sxx, g_sxy, g_syy;
