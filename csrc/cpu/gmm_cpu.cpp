@@ -358,10 +358,11 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
   using acc_t = acc_type<scalar_t>;
   const int64_t batch = points.size(0), n = points.size(1), C = values.size(2);
   const int64_t height = image.size(2), width = image.size(3), hw = height * width;
-  const int64_t pitch = width + kLanes, plane = height * pitch;
+  const int64_t pitch = width + kLanes, plane = height * pitch + kLanes;
 
-  // Per-pixel maps [B, C + 1, H, pitch]: G = g / W and s = <g, v> / W - dL/dW (G = 0 and
-  // s = -dL/dW where W == 0), zero in the padding columns.
+  // Per-pixel maps [B, C + 1, plane]: G = g / W and s = <g, v> / W - dL/dW (G = 0 and
+  // s = -dL/dW where W == 0), rows of `pitch` columns, zero in the padding. The extra kLanes at
+  // the end of each plane keep the planes off the same cache sets.
   std::vector<acc_t> pixel_map(size_t(batch) * (C + 1) * plane, acc_t(0));
   {
     const scalar_t* gi = grad_image.data_ptr<scalar_t>();
@@ -369,25 +370,28 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
     const scalar_t* img = image.data_ptr<scalar_t>();
     const scalar_t* wm = weight_map.data_ptr<scalar_t>();
     at::parallel_for(0, batch * height, 16, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> inv(width), s(width);
       for (int64_t by = begin; by < end; ++by) {
         const int64_t b = by / height, y = by % height;
-        acc_t* map = &pixel_map[size_t(b) * (C + 1) * plane + y * pitch];
+        const scalar_t* wrow = wm + by * width;
         for (int64_t x = 0; x < width; ++x) {
-          const int64_t q = b * hw + y * width + x;
-          const acc_t total = acc_t(wm[q]);
-          acc_t s = 0;
-          if (total > acc_t(0)) {
-            const acc_t inv = acc_t(1) / total;
-            for (int64_t c = 0; c < C; ++c) {
-              const int64_t idx = (b * C + c) * hw + y * width + x;
-              const acc_t gq = acc_t(gi[idx]);
-              map[c * plane + x] = gq * inv;
-              s += gq * acc_t(img[idx]);
-            }
-            s *= inv;
-          }
-          map[C * plane + x] = s - (gw ? acc_t(gw[q]) : acc_t(0));
+          const acc_t total = acc_t(wrow[x]);
+          inv[x] = total > acc_t(0) ? acc_t(1) / total : acc_t(0);
+          s[x] = acc_t(0);
         }
+        acc_t* map = &pixel_map[size_t(b) * (C + 1) * plane + y * pitch];
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* grow = gi + ((b * C + c) * height + y) * width;
+          const scalar_t* vrow = img + ((b * C + c) * height + y) * width;
+          acc_t* out = map + c * plane;
+          for (int64_t x = 0; x < width; ++x) {
+            const acc_t g = acc_t(grow[x]) * inv[x];
+            out[x] = g;
+            s[x] += g * acc_t(vrow[x]);
+          }
+        }
+        acc_t* out = map + C * plane;
+        for (int64_t x = 0; x < width; ++x) out[x] = s[x] - (gw ? acc_t(gw[by * width + x]) : acc_t(0));
       }
     });
   }
@@ -407,16 +411,19 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
   std::vector<int64_t> order(size_t(batch) * n);
   {
     std::vector<int64_t> key(size_t(batch) * n), count(size_t(batch) * tiles_x * tiles_y + 2, 0);
-    for (int64_t bi = 0; bi < batch * n; ++bi) {
-      int64_t x0, x1, y0, y1;
-      const scalar_t* p = pts + 2 * bi;
-      const scalar_t* cv = cov + 3 * bi;
-      cutoff_box(double(p[0]), double(p[1]), double(cv[0]), double(cv[2]), cutoff, height,
-                 width, x0, x1, y0, y1);
-      const bool empty = x0 > x1 || y0 > y1;
-      key[bi] = empty ? 0 : 1 + (bi / n) * tiles_x * tiles_y + (y0 / kLanes) * tiles_x + x0 / kLanes;
-      ++count[key[bi] + 1];
-    }
+    at::parallel_for(0, batch * n, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t bi = begin; bi < end; ++bi) {
+        int64_t x0, x1, y0, y1;
+        const scalar_t* p = pts + 2 * bi;
+        const scalar_t* cv = cov + 3 * bi;
+        cutoff_box(double(p[0]), double(p[1]), double(cv[0]), double(cv[2]), cutoff, height,
+                   width, x0, x1, y0, y1);
+        const bool empty = x0 > x1 || y0 > y1;
+        key[bi] = empty ? 0
+                        : 1 + (bi / n) * tiles_x * tiles_y + (y0 / kLanes) * tiles_x + x0 / kLanes;
+      }
+    });
+    for (int64_t bi = 0; bi < batch * n; ++bi) ++count[key[bi] + 1];
     for (size_t t = 1; t < count.size(); ++t) count[t] += count[t - 1];
     for (int64_t bi = 0; bi < batch * n; ++bi) order[count[key[bi]]++] = bi;
   }

@@ -1,0 +1,211 @@
+"""Speed of the operator against its peers, measured in one run.
+
+    python -m nuir.bench speed [--sizes 256 512 1024 2048] [--device cpu|cuda] [--out DIR]
+
+CPU: for each output size H x W, N = H * W / density random points (sigma 2, cutoff 3, C = 3,
+float32): nuir forward and forward + backward, the pure-PyTorch reference (where it fits),
+scipy.interpolate.griddata (linear) on the same points; and the uniform case, nuir.upsample
+by 4 against PIL's bicubic resize. Medians over repeats, after a warm-up; ratios against the
+peers are printed beside the times. ``--device cuda`` runs the CUDA benchmark instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def machine_name() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
+
+
+def median_ms(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def bench_size(size: int, args, rng: torch.Generator) -> dict:
+    import nuir
+    from nuir import reference
+
+    height = width = size
+    n = height * width // args.density
+    points = torch.rand(n, 2, generator=rng) * torch.tensor([width - 1.0, height - 1.0])
+    values = torch.rand(n, args.channels, generator=rng)
+    row: dict = {"size": f"{height}x{width}", "points": n}
+
+    row["nuir_fwd_ms"] = median_ms(
+        lambda: nuir.interpolate(points, values, (height, width), args.sigma), args.repeats
+    )
+
+    def forward_backward():
+        p = points.clone().requires_grad_()
+        v = values.clone().requires_grad_()
+        nuir.interpolate(p, v, (height, width), args.sigma).sum().backward()
+
+    row["nuir_fwd_bwd_ms"] = median_ms(forward_backward, args.repeats)
+
+    pairs = height * width * n
+    if pairs <= args.reference_max_pairs:
+        row["reference_fwd_ms"] = median_ms(
+            lambda: reference.interpolate(points, values, (height, width), args.sigma),
+            max(1, args.repeats // 3),
+            warmup=1,
+        )
+    if not args.no_griddata:
+        from scipy.interpolate import griddata
+
+        grid_y, grid_x = np.mgrid[0:height, 0:width]
+        pts, vals = points.numpy().astype(np.float64), values.numpy()
+        row["griddata_linear_ms"] = median_ms(
+            lambda: griddata(pts, vals, (grid_x, grid_y), method="linear"),
+            max(1, args.repeats // 3),
+            warmup=1,
+        )
+
+    # Uniform case: low-resolution image upsampled by 4.
+    from PIL import Image
+
+    low = torch.rand(1, args.channels, height // 4, width // 4, generator=rng)
+    low_u8 = (low[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(args.channels)
+    row["upsample_nuir_ms"] = median_ms(
+        lambda: nuir.upsample(low, 4, sigma=args.sigma), args.repeats
+    )
+    if mode is not None:
+        image = Image.fromarray(low_u8 if args.channels > 1 else low_u8[..., 0], mode)
+        row["upsample_pil_bicubic_u8_ms"] = median_ms(
+            lambda: image.resize((width, height), Image.Resampling.BICUBIC), args.repeats
+        )
+    planes = [Image.fromarray(low[0, c].numpy(), "F") for c in range(args.channels)]
+    row["upsample_pil_bicubic_f32_ms"] = median_ms(
+        lambda: [p.resize((width, height), Image.Resampling.BICUBIC) for p in planes], args.repeats
+    )
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    header = (
+        f"{'size':>10} {'N':>8} | {'fwd ms':>8} {'f+b ms':>8} {'f+b/fwd':>7} {'ns/px':>6} | "
+        f"{'ref ms':>9} {'ref/fwd':>8} | {'griddata':>9} {'grid/fwd':>8} | "
+        f"{'upsample':>8} {'PIL u8':>7} {'ratio':>6} {'PIL f32':>7} {'ratio':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+
+    def fmt(value, spec):
+        return format(value, spec) if value is not None else format("-", spec[:-3] + "s")
+
+    for r in rows:
+        fwd = r["nuir_fwd_ms"]
+        pixels = int(r["size"].split("x")[0]) * int(r["size"].split("x")[1])
+        ref = r.get("reference_fwd_ms")
+        grid = r.get("griddata_linear_ms")
+        up = r["upsample_nuir_ms"]
+        pil8 = r.get("upsample_pil_bicubic_u8_ms")
+        pil32 = r["upsample_pil_bicubic_f32_ms"]
+        print(
+            f"{r['size']:>10} {r['points']:>8} | {fwd:8.2f} {r['nuir_fwd_bwd_ms']:8.2f} "
+            f"{r['nuir_fwd_bwd_ms'] / fwd:7.2f} {1e6 * fwd / pixels:6.2f} | "
+            f"{fmt(ref, '9.1f')} {fmt(ref / fwd if ref else None, '8.1f')} | "
+            f"{fmt(grid, '9.1f')} {fmt(grid / fwd if grid else None, '8.1f')} | "
+            f"{up:8.2f} {fmt(pil8, '7.2f')} {fmt(up / pil8 if pil8 else None, '6.2f')} "
+            f"{pil32:7.2f} {up / pil32:6.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m nuir.bench speed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
+    parser.add_argument("--density", type=int, default=16, help="output pixels per point")
+    parser.add_argument("--sigma", type=float, default=2.0)
+    parser.add_argument("--channels", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument(
+        "--reference-max-pairs",
+        type=float,
+        default=3e8,
+        help="skip the O(H*W*N) reference above this many pixel-point pairs",
+    )
+    parser.add_argument("--no-griddata", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="folder for speed_cpu.csv")
+    args, rest = parser.parse_known_args(argv)
+    if args.device == "cuda":
+        from nuir.bench import _speed_cuda
+
+        return _speed_cuda.main(argv if argv is not None else [])
+    if rest:
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    for name in ("sizes", "density", "channels", "repeats"):
+        value = getattr(args, name)
+        if any(v <= 0 for v in (value if isinstance(value, list) else [value])):
+            parser.error(f"--{name} must be positive, got {value}")
+    if args.sizes and min(args.sizes) < 8:
+        parser.error("--sizes must be at least 8 (the uniform case upsamples size / 4 by 4)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import nuir
+
+    print(f"machine: {machine_name()}")
+    print(f"backend: {nuir.backend_name()}")
+    print(
+        f"N = H*W/{args.density} random points, sigma {args.sigma}, cutoff 3, C = {args.channels}, "
+        f"float32; medians of {args.repeats} runs (reference and griddata: fewer)"
+    )
+    rng = torch.Generator().manual_seed(0)
+    rows = []
+    for size in args.sizes:
+        rows.append(bench_size(size, args, rng))
+    print()
+    print_table(rows)
+    print(
+        "\nf+b/fwd: forward+backward over forward. ref/fwd, grid/fwd: times slower than the nuir "
+        "forward.\nupsample: nuir.upsample of (size/4)^2 by 4; ratio = nuir time / PIL bicubic "
+        "time (uint8 RGB, and float32 per channel)."
+    )
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        keys = sorted(
+            {k for r in rows for k in r},
+            key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99,
+        )
+        with open(args.out / "speed_cpu.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {args.out / 'speed_cpu.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
