@@ -9,7 +9,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -60,10 +60,10 @@ inline vec<T> lane_index() {
   return v;
 }
 template <typename T>
-inline T lane_sum(const vec<T>& v) {  // fixed order: deterministic
-  T total = 0;
-  for (int64_t j = 0; j < kLanes; ++j) total += v[j];
-  return total;
+inline T lane_sum(vec<T> v) {  // a fixed pairwise tree: deterministic and short
+  for (int64_t half = kLanes / 2; half >= 1; half /= 2)
+    for (int64_t j = 0; j < half; ++j) v[j] += v[j + half];
+  return v[0];
 }
 
 // exp(x) for float lanes: Cody-Waite range reduction and a degree-6 polynomial (error < 1 ulp on
@@ -112,21 +112,37 @@ void check_inputs(const at::Tensor& points, const at::Tensor& values, const at::
               "nuir: the CPU kernel takes float32 or float64");
 }
 
-// Per-point Gaussian and pixel box, for one batch element.
-template <typename acc_t, typename scalar_t>
-void setup_points(const scalar_t* points, const scalar_t* cov3, const scalar_t* weights, int64_t n,
-                  int64_t height, int64_t width, double cutoff, Gaussian<acc_t>* gaussians,
-                  int64_t* boxes /* [n, 4]: x0, x1, y0, y1 */) {
-  at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
+// Points whose cutoff box meets the raster (batch-flat indices), in the order of the
+// kLanes x kLanes tile where the box starts; stable, so equal keys keep the point order.
+// Working through points in this order keeps both passes' memory accesses local.
+// `boxes` [B * N, 4] receives every point's box (x0, x1, y0, y1).
+template <typename scalar_t>
+std::vector<int64_t> spatial_order(const scalar_t* points, const scalar_t* cov3, int64_t batch,
+                                   int64_t n, int64_t height, int64_t width, double cutoff,
+                                   std::vector<int64_t>& boxes) {
+  const int64_t tiles_x = (width + kLanes - 1) / kLanes, tiles_y = (height + kLanes - 1) / kLanes;
+  const int64_t total = batch * n;
+  boxes.resize(4 * total);
+  std::vector<int64_t> key(total);
+  at::parallel_for(0, total, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const scalar_t* p = points + 2 * i;
       const scalar_t* c = cov3 + 3 * i;
-      gaussians[i] = make_gaussian<acc_t>(acc_t(p[0]), acc_t(p[1]), acc_t(c[0]), acc_t(c[1]),
-                                          acc_t(c[2]), acc_t(weights[i]), acc_t(cutoff));
+      int64_t* bx = &boxes[4 * i];
       cutoff_box(double(p[0]), double(p[1]), double(c[0]), double(c[2]), cutoff, height, width,
-                 boxes[4 * i], boxes[4 * i + 1], boxes[4 * i + 2], boxes[4 * i + 3]);
+                 bx[0], bx[1], bx[2], bx[3]);
+      const bool empty = bx[0] > bx[1] || bx[2] > bx[3];
+      key[i] = empty ? -1 : ((i / n) * tiles_y + bx[2] / kLanes) * tiles_x + bx[0] / kLanes;
     }
   });
+  std::vector<int64_t> start(batch * tiles_x * tiles_y + 1, 0);
+  for (int64_t i = 0; i < total; ++i)
+    if (key[i] >= 0) ++start[key[i] + 1];
+  for (size_t t = 1; t < start.size(); ++t) start[t] += start[t - 1];
+  std::vector<int64_t> order(start.back());
+  for (int64_t i = 0; i < total; ++i)
+    if (key[i] >= 0) order[start[key[i]]++] = i;
+  return order;
 }
 
 // Accumulates one point into a band buffer acc [(C + 1), kLanes, pitch]: the C numerator planes,
@@ -183,28 +199,46 @@ void forward_impl(const at::Tensor& points, const at::Tensor& values, const at::
   scalar_t* out = image.data_ptr<scalar_t>();
   scalar_t* wout = weight_map.data_ptr<scalar_t>();
 
-  std::vector<Gaussian<acc_t>> gaussians(batch * n);
-  std::vector<int64_t> boxes(4 * batch * n);
-  setup_points<acc_t>(points.data_ptr<scalar_t>(), cov3.data_ptr<scalar_t>(),
-                      weights.data_ptr<scalar_t>(), batch * n, height, width, cutoff,
-                      gaussians.data(), boxes.data());
-  std::vector<acc_t> values_acc(batch * n * channels);
-  for (int64_t k = 0; k < batch * n * channels; ++k) values_acc[k] = acc_t(val[k]);
+  // Points in spatial order, with their Gaussian, box and values copied next to each other.
+  std::vector<int64_t> all_boxes;
+  const std::vector<int64_t> order = spatial_order(points.data_ptr<scalar_t>(),
+                                                   cov3.data_ptr<scalar_t>(), batch, n, height,
+                                                   width, cutoff, all_boxes);
+  const int64_t m = int64_t(order.size());
+  std::vector<Gaussian<acc_t>> gaussians(m);
+  std::vector<int64_t> boxes(4 * m);
+  std::vector<acc_t> values_acc(m * channels);
+  {
+    const scalar_t* pts = points.data_ptr<scalar_t>();
+    const scalar_t* cov = cov3.data_ptr<scalar_t>();
+    const scalar_t* wts = weights.data_ptr<scalar_t>();
+    at::parallel_for(0, m, 2048, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        const int64_t i = order[k];
+        const scalar_t* p = pts + 2 * i;
+        const scalar_t* c = cov + 3 * i;
+        gaussians[k] = make_gaussian<acc_t>(acc_t(p[0]), acc_t(p[1]), acc_t(c[0]), acc_t(c[1]),
+                                            acc_t(c[2]), acc_t(wts[i]), acc_t(cutoff));
+        for (int j = 0; j < 4; ++j) boxes[4 * k + j] = all_boxes[4 * i + j];
+        for (int64_t c2 = 0; c2 < channels; ++c2)
+          values_acc[k * channels + c2] = acc_t(val[i * channels + c2]);
+      }
+    });
+  }
 
-  // Counting sort of (band, point) pairs by band over the whole batch.
+  // Counting sort of (band, point) pairs by band, points in spatial order within a band.
   std::vector<int64_t> band_start(batch * bands + 1, 0), band_points;
   for (int pass = 0; pass < 2; ++pass) {
     std::vector<int64_t> cursor;
     if (pass == 1) cursor.assign(band_start.begin(), band_start.end() - 1);
-    for (int64_t bi = 0; bi < batch * n; ++bi) {
-      const int64_t* bx = &boxes[4 * bi];
-      if (bx[0] > bx[1] || bx[2] > bx[3]) continue;
-      const int64_t first = (bi / n) * bands;
+    for (int64_t k = 0; k < m; ++k) {
+      const int64_t* bx = &boxes[4 * k];
+      const int64_t first = (order[k] / n) * bands;
       for (int64_t band = bx[2] / kLanes; band <= bx[3] / kLanes; ++band) {
         if (pass == 0) {
           ++band_start[first + band + 1];
         } else {
-          band_points[cursor[first + band]++] = bi;
+          band_points[cursor[first + band]++] = k;
         }
       }
     }
@@ -221,10 +255,10 @@ void forward_impl(const at::Tensor& points, const at::Tensor& values, const at::
       const int64_t b = t / bands, ty0 = (t % bands) * kLanes;
       const int64_t ty1 = std::min(ty0 + kLanes, height) - 1;
       std::fill(acc.begin(), acc.end(), acc_t(0));
-      for (int64_t k = band_start[t]; k < band_start[t + 1]; ++k) {
-        const int64_t bi = band_points[k];
-        const int64_t* bx = &boxes[4 * bi];
-        splat_point<acc_t, kC>(gaussians[bi], &values_acc[bi * channels], int(channels), ty0,
+      for (int64_t e = band_start[t]; e < band_start[t + 1]; ++e) {
+        const int64_t k = band_points[e];
+        const int64_t* bx = &boxes[4 * k];
+        splat_point<acc_t, kC>(gaussians[k], &values_acc[k * channels], int(channels), ty0,
                                bx[0], bx[1], std::max(bx[2], ty0), std::min(bx[3], ty1), pitch,
                                acc.data());
       }
@@ -405,52 +439,39 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
   scalar_t* gc = g_cov3.data_ptr<scalar_t>();
   scalar_t* ga = g_weights.data_ptr<scalar_t>();
 
-  // Visit points in the order of their box's first tile so that neighbouring work reads
-  // neighbouring pixels. Each point is handled by exactly one thread: no atomics.
-  const int64_t tiles_x = (width + kLanes - 1) / kLanes, tiles_y = (height + kLanes - 1) / kLanes;
-  std::vector<int64_t> order(size_t(batch) * n);
-  {
-    std::vector<int64_t> key(size_t(batch) * n), count(size_t(batch) * tiles_x * tiles_y + 2, 0);
-    at::parallel_for(0, batch * n, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t bi = begin; bi < end; ++bi) {
-        int64_t x0, x1, y0, y1;
-        const scalar_t* p = pts + 2 * bi;
-        const scalar_t* cv = cov + 3 * bi;
-        cutoff_box(double(p[0]), double(p[1]), double(cv[0]), double(cv[2]), cutoff, height,
-                   width, x0, x1, y0, y1);
-        const bool empty = x0 > x1 || y0 > y1;
-        key[bi] = empty ? 0
-                        : 1 + (bi / n) * tiles_x * tiles_y + (y0 / kLanes) * tiles_x + x0 / kLanes;
-      }
-    });
-    for (int64_t bi = 0; bi < batch * n; ++bi) ++count[key[bi] + 1];
-    for (size_t t = 1; t < count.size(); ++t) count[t] += count[t - 1];
-    for (int64_t bi = 0; bi < batch * n; ++bi) order[count[key[bi]]++] = bi;
-  }
+  // Visit points in spatial order so that neighbouring work reads neighbouring pixels. Each point
+  // is handled by exactly one thread: no atomics. Points whose box misses the raster keep the
+  // zero gradients they were allocated with.
+  std::vector<int64_t> boxes;
+  const std::vector<int64_t> order = spatial_order(pts, cov, batch, n, height, width, cutoff, boxes);
 
-  at::parallel_for(0, batch * n, 256, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, int64_t(order.size()), 256, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> ex_buf, ey_buf;
     acc_t cval[kC > 0 ? kC : 1];
     std::vector<acc_t> cval_dyn(kC > 0 ? 0 : C), gval(C);
     for (int64_t o = begin; o < end; ++o) {
       const int64_t bi = order[o], b = bi / n;
+      if (o + 8 < end) {  // the inputs of points in spatial order are scattered in memory
+        const int64_t next = order[o + 8];
+        __builtin_prefetch(pts + 2 * next);
+        __builtin_prefetch(cov + 3 * next);
+        __builtin_prefetch(wts + next);
+        __builtin_prefetch(val + C * next);
+      }
       const scalar_t* p = pts + 2 * bi;
       const scalar_t* cv = cov + 3 * bi;
       const Gaussian<acc_t> g = make_gaussian<acc_t>(acc_t(p[0]), acc_t(p[1]), acc_t(cv[0]),
                                                      acc_t(cv[1]), acc_t(cv[2]), acc_t(wts[bi]),
                                                      acc_t(cutoff));
-      int64_t x0, x1, y0, y1;
-      cutoff_box(double(p[0]), double(p[1]), double(cv[0]), double(cv[2]), cutoff, height, width,
-                 x0, x1, y0, y1);
+      const int64_t x0 = boxes[4 * bi], x1 = boxes[4 * bi + 1];
+      const int64_t y0 = boxes[4 * bi + 2], y1 = boxes[4 * bi + 3];
       acc_t* value = kC > 0 ? cval : cval_dyn.data();
       for (int64_t c = 0; c < C; ++c) value[c] = acc_t(val[bi * C + c]);
       PointGradSums<acc_t> sums;
       std::fill(gval.begin(), gval.end(), acc_t(0));
-      if (x0 <= x1 && y0 <= y1) {
-        gather_point<acc_t, kC>(g, acc_t(wts[bi]), value, int(C), x0, x1, y0, y1,
-                                &pixel_map[size_t(b) * (C + 1) * plane], plane, pitch, ex_buf, ey_buf,
-                                gval.data(), sums);
-      }
+      gather_point<acc_t, kC>(g, acc_t(wts[bi]), value, int(C), x0, x1, y0, y1,
+                              &pixel_map[size_t(b) * (C + 1) * plane], plane, pitch, ex_buf, ey_buf,
+                              gval.data(), sums);
       for (int64_t c = 0; c < C; ++c) gv[bi * C + c] = scalar_t(gval[c]);
       gp[2 * bi] = scalar_t(sums.kw_ux);
       gp[2 * bi + 1] = scalar_t(sums.kw_uy);
@@ -478,8 +499,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_backward_cpu(
     TORCH_CHECK(grad_weight->sizes() == weight_map.sizes(), "nuir: grad_weight must match weight");
     gw = grad_weight->contiguous().to(p.scalar_type());
   }
-  auto g_points = at::empty_like(p), g_values = at::empty_like(v), g_cov3 = at::empty_like(c),
-       g_weights = at::empty_like(w);
+  auto g_points = at::zeros_like(p), g_values = at::zeros_like(v), g_cov3 = at::zeros_like(c),
+       g_weights = at::zeros_like(w);
   const int64_t channels = v.size(2);
   const at::Tensor* gw_ptr = gw.defined() ? &gw : nullptr;
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "gmm_backward_cpu", [&] {
