@@ -8,9 +8,10 @@ TORCH_LIBRARY(nuir, m) {
   m.def(
       "gmm_forward(Tensor points, Tensor values, Tensor cov3, Tensor weights, int height, "
       "int width, float cutoff, float fill) -> (Tensor, Tensor)");
-  // Gradients with respect to points, values, cov3 and weights.
+  // Gradients with respect to points, values, cov3 and weights. A kernel may skip the work of a
+  // gradient whose output_mask entry is false; that output is then all zeros.
   m.def(
       "gmm_backward(Tensor grad_image, Tensor? grad_weight, Tensor image, Tensor weight, "
-      "Tensor points, Tensor values, Tensor cov3, Tensor weights, float cutoff) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor points, Tensor values, Tensor cov3, Tensor weights, float cutoff, "
+      "bool[4] output_mask=[True, True, True, True]) -> (Tensor, Tensor, Tensor, Tensor)");
 }

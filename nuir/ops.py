@@ -89,7 +89,7 @@ def _register() -> None:
         )
 
     @torch.library.register_fake("nuir::gmm_backward")
-    def _(grad_image, grad_weight, image, weight, points, values, cov3, weights, cutoff):
+    def _(grad_image, grad_weight, image, weight, points, values, cov3, weights, cutoff, mask=None):
         return (
             torch.empty_like(points),
             torch.empty_like(values),
@@ -117,7 +117,9 @@ def _register() -> None:
             cov3,
             weights,
             ctx.cutoff,
+            list(ctx.needs_input_grad[:4]),
         )
+        grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4])]
         return (*grads, None, None, None, None)
 
     torch.library.register_autograd("nuir::gmm_forward", backward, setup_context=setup_context)

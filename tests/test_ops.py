@@ -347,3 +347,18 @@ def test_bad_input(fn, change, error, message):
     points, values, size = kwargs.pop("points"), kwargs.pop("values"), kwargs.pop("size")
     with pytest.raises(error, match=message.replace("(", r"\(").replace("[", r"\[")):
         fn(points, values, size, **kwargs)
+
+
+def test_backward_output_mask_skips_only_the_masked_gradients(compiled):
+    points, values, kwargs = make_case("cov", batch=1, n=30, size=(14, 18))
+    from nuir._validate import prepare
+
+    p = prepare(points, values, (14, 18), None, kwargs["cov"], None, 3.0, 0.0)
+    args = [t.contiguous() for t in (p.points, p.values, p.cov3, p.weights)]
+    image, weight = torch.ops.nuir.gmm_forward(*args, 14, 18, 3.0, 0.0)
+    grad_image, grad_weight = torch.randn_like(image), torch.randn_like(weight)
+    full = torch.ops.nuir.gmm_backward(grad_image, grad_weight, image, weight, *args, 3.0)
+    for mask in ([True, False, False, True], [False, True, True, False]):
+        part = torch.ops.nuir.gmm_backward(grad_image, grad_weight, image, weight, *args, 3.0, mask)
+        for need, g_full, g_part in zip(mask, full, part):
+            assert torch.equal(g_part, g_full if need else torch.zeros_like(g_full))

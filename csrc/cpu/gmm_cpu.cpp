@@ -13,8 +13,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -317,7 +319,9 @@ template <typename acc_t, int kC>
 void gather_point(const Gaussian<acc_t>& g, acc_t weight, const acc_t* value, int channels,
                   int64_t x0, int64_t x1, int64_t y0, int64_t y1, const acc_t* map,
                   int64_t plane, int64_t pitch, std::vector<acc_t>& ex_buf,
-                  std::vector<acc_t>& ey_buf, acc_t* grad_value, PointGradSums<acc_t>& sums) {
+                  std::vector<acc_t>& ey_buf, const std::array<bool, 4>& need, acc_t* grad_value,
+                  PointGradSums<acc_t>& sums) {
+  const bool need_points = need[0], need_values = need[1], need_cov = need[2], need_weights = need[3];
   using V = vec<acc_t>;
   const int C = kC > 0 ? kC : channels;
   const V lane = lane_index<acc_t>();
@@ -356,21 +360,28 @@ void gather_point(const Gaussian<acc_t>& g, acc_t weight, const acc_t* value, in
       for (int c = 0; c < C; ++c) {
         const V gc = live ? load(row + c * plane) : V{};
         k += gc * value[c];
+        if (!need_values) continue;
         if constexpr (kC > 0) {
           a_gv[c] += w * gc;
         } else {
           a_gv_dyn[c] += w * gc;
         }
       }
-      const V ux = g.ia * dx + g.ib * dy, uy = g.ib * dx + g.ic * dy;
-      const V kw = k * w;
-      a_kd += k * dens;
-      a_kw += kw;
-      a_ux += kw * ux;
-      a_uy += kw * uy;
-      a_uxux += kw * ux * ux;
-      a_uxuy += kw * ux * uy;
-      a_uyuy += kw * uy * uy;
+      if (need_weights) a_kd += k * dens;
+      if (need_points || need_cov) {
+        const V ux = g.ia * dx + g.ib * dy, uy = g.ib * dx + g.ic * dy;
+        const V kw = k * w;
+        if (need_points) {
+          a_ux += kw * ux;
+          a_uy += kw * uy;
+        }
+        if (need_cov) {
+          a_kw += kw;
+          a_uxux += kw * ux * ux;
+          a_uxuy += kw * ux * uy;
+          a_uyuy += kw * uy * uy;
+        }
+      }
     }
   }
   for (int c = 0; c < C; ++c) grad_value[c] = lane_sum<acc_t>(kC > 0 ? a_gv[c] : a_gv_dyn[c]);
@@ -387,8 +398,8 @@ template <typename scalar_t, int kC>
 void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
                    const at::Tensor& image, const at::Tensor& weight_map, const at::Tensor& points,
                    const at::Tensor& values, const at::Tensor& cov3, const at::Tensor& weights,
-                   double cutoff, at::Tensor& g_points, at::Tensor& g_values, at::Tensor& g_cov3,
-                   at::Tensor& g_weights) {
+                   double cutoff, const std::array<bool, 4>& need, at::Tensor& g_points,
+                   at::Tensor& g_values, at::Tensor& g_cov3, at::Tensor& g_weights) {
   using acc_t = acc_type<scalar_t>;
   const int64_t batch = points.size(0), n = points.size(1), C = values.size(2);
   const int64_t height = image.size(2), width = image.size(3), hw = height * width;
@@ -397,7 +408,8 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
   // Per-pixel maps [B, C + 1, plane]: G = g / W and s = <g, v> / W - dL/dW (G = 0 and
   // s = -dL/dW where W == 0), rows of `pitch` columns, zero in the padding. The extra kLanes at
   // the end of each plane keep the planes off the same cache sets.
-  std::vector<acc_t> pixel_map(size_t(batch) * (C + 1) * plane, acc_t(0));
+  // Left uninitialised: the loop below writes every column, padding included.
+  std::unique_ptr<acc_t[]> pixel_map(new acc_t[size_t(batch) * (C + 1) * plane]);
   {
     const scalar_t* gi = grad_image.data_ptr<scalar_t>();
     const scalar_t* gw = grad_weight ? grad_weight->data_ptr<scalar_t>() : nullptr;
@@ -423,9 +435,11 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
             out[x] = g;
             s[x] += g * acc_t(vrow[x]);
           }
+          std::fill(out + width, out + pitch, acc_t(0));
         }
         acc_t* out = map + C * plane;
         for (int64_t x = 0; x < width; ++x) out[x] = s[x] - (gw ? acc_t(gw[by * width + x]) : acc_t(0));
+        std::fill(out + width, out + pitch, acc_t(0));
       }
     });
   }
@@ -471,7 +485,7 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
       std::fill(gval.begin(), gval.end(), acc_t(0));
       gather_point<acc_t, kC>(g, acc_t(wts[bi]), value, int(C), x0, x1, y0, y1,
                               &pixel_map[size_t(b) * (C + 1) * plane], plane, pitch, ex_buf, ey_buf,
-                              gval.data(), sums);
+                              need, gval.data(), sums);
       for (int64_t c = 0; c < C; ++c) gv[bi * C + c] = scalar_t(gval[c]);
       gp[2 * bi] = scalar_t(sums.kw_ux);
       gp[2 * bi + 1] = scalar_t(sums.kw_uy);
@@ -488,7 +502,8 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_backward_cpu(
     const at::Tensor& grad_image, const std::optional<at::Tensor>& grad_weight,
     const at::Tensor& image, const at::Tensor& weight_map, const at::Tensor& points,
-    const at::Tensor& values, const at::Tensor& cov3, const at::Tensor& weights, double cutoff) {
+    const at::Tensor& values, const at::Tensor& cov3, const at::Tensor& weights, double cutoff,
+    std::array<bool, 4> output_mask) {
   check_inputs(points, values, cov3, weights);
   TORCH_CHECK(grad_image.sizes() == image.sizes(), "nuir: grad_image must match image");
   const auto p = points.contiguous(), v = values.contiguous(), c = cov3.contiguous(),
@@ -506,7 +521,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "gmm_backward_cpu", [&] {
     auto run = [&](auto kc) {
       backward_impl<scalar_t, decltype(kc)::value>(gi, gw_ptr, img, wm, p, v, c, w, cutoff,
-                                                  g_points, g_values, g_cov3, g_weights);
+                                                  output_mask, g_points, g_values, g_cov3,
+                                                  g_weights);
     };
     switch (channels) {
       case 1: run(std::integral_constant<int, 1>{}); break;

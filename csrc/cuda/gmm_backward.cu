@@ -14,6 +14,7 @@
 //   4. gather_big_points: one 256-thread block per listed point, fixed block reduction.
 // Each point's gradient is summed in an order fixed by its box alone, whichever warp or block
 // computes it: bitwise reproducible.
+#include <array>
 #include <algorithm>
 #include <cub/device/device_radix_sort.cuh>
 
@@ -460,7 +461,8 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_backward_cuda(
     const at::Tensor& grad_image, const std::optional<at::Tensor>& grad_weight,
     const at::Tensor& image, const at::Tensor& weight_map, const at::Tensor& points,
-    const at::Tensor& values, const at::Tensor& cov3, const at::Tensor& weights, double cutoff) {
+    const at::Tensor& values, const at::Tensor& cov3, const at::Tensor& weights, double cutoff,
+    std::array<bool, 4> /*output_mask: every gradient is computed*/) {
   cuda_detail::check_inputs_cuda(points, values, cov3, weights);
   TORCH_CHECK(
       image.dim() == 4 && image.size(0) == points.size(0) && image.size(1) == values.size(2),
