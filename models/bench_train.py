@@ -1,0 +1,304 @@
+"""Training benchmark: sparse against dense training at equal wall-clock time.
+
+    python -m models.bench_train --budget 300
+
+Every variant is built from a config through LightningCLI (exactly as ``train.py`` builds it), then
+fitted by a Lightning Trainer for ``--budget`` seconds of training time. Every ``--eval-every``
+seconds the clock pauses and the model's full-image reconstruction is scored (PSNR against the
+target), so the evaluations cost the variant nothing. Variants (same network, same photo):
+
+- ``sparse``:       the network at N learnable points + ``nuir.interpolate`` (configs/default.yaml)
+- ``dense``:        the network at every pixel (configs/dense.yaml)
+- ``dense_random``: the network at N random pixels per step (configs/dense.yaml, mode
+  dense_random)
+
+Prints a table (PSNR against wall time and network evaluations), writes the curves as CSV and a
+plot (PSNR against time and against evaluations) into ``--out``, then runs the render benchmark of
+``models.render`` (sparse against dense rendering at 1x, 2x, 4x) on the trained networks.
+Speed figures are only meaningful against each other within one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.cli import LightningCLI
+from torchmetrics.functional.image import peak_signal_noise_ratio
+
+from models.data import ImageDataModule
+from models.system import ImplicitImageSystem
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {
+    "sparse": (ROOT / "configs" / "default.yaml", []),
+    "dense": (ROOT / "configs" / "dense.yaml", []),
+    "dense_random": (ROOT / "configs" / "dense.yaml", ["--model.mode", "dense_random"]),
+}
+
+
+@dataclass
+class Curve:
+    """PSNR of one variant's reconstruction over its training time."""
+
+    name: str
+    seconds: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    evaluations: list[int] = field(default_factory=list)
+    psnr: list[float] = field(default_factory=list)
+    psnr_network: list[float] = field(default_factory=list)
+
+
+class TrainingClock(Callback):
+    """Stops training after ``budget_s`` seconds spent in training steps; scores the model every
+    ``eval_every_s`` of them, with the clock paused. After ``probe_steps`` steps it sets the
+    system's schedule length to the number of steps the budget should allow at that pace."""
+
+    def __init__(
+        self, curve: Curve, budget_s: float, eval_every_s: float, probe_steps: int = 20
+    ) -> None:
+        self.curve = curve
+        self.probe_steps = probe_steps
+        self.budget_s = budget_s
+        self.eval_every_s = eval_every_s
+        self.elapsed = 0.0
+        self.next_eval = 0.0
+        self.started = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.elapsed += time.perf_counter() - self.started
+        if trainer.global_step == self.probe_steps:
+            # The learning-rate schedule spans the steps the budget is expected to allow.
+            pl_module.schedule_steps = int(self.budget_s / (self.elapsed / self.probe_steps))
+        done = self.elapsed >= self.budget_s
+        if done or self.elapsed >= self.next_eval:
+            self.score(trainer, pl_module, batch[0])
+            self.next_eval += self.eval_every_s
+        if done:
+            trainer.should_stop = True
+
+    @torch.no_grad()
+    def score(self, trainer, system: ImplicitImageSystem, target: torch.Tensor) -> None:
+        reconstruction = system.reconstruct().clamp(0, 1)
+        psnr = float(peak_signal_noise_ratio(reconstruction, target, data_range=1.0))
+        network = system.network_image().clamp(0, 1) if system.mode == "sparse" else None
+        self.curve.seconds.append(self.elapsed)
+        self.curve.steps.append(int(trainer.global_step))
+        self.curve.evaluations.append(int(system.network_evaluations))
+        self.curve.psnr.append(psnr)
+        self.curve.psnr_network.append(
+            psnr if network is None else float(peak_signal_noise_ratio(network, target, 1.0))
+        )
+
+
+def build(config: Path, overrides: list[str]) -> tuple[ImplicitImageSystem, ImageDataModule]:
+    """The system and data of a config, built by LightningCLI as train.py builds them."""
+    cli = LightningCLI(
+        ImplicitImageSystem,
+        ImageDataModule,
+        args=["--config", str(config), *overrides],
+        run=False,
+        save_config_callback=None,
+    )
+    return cli.model, cli.datamodule
+
+
+def train_variant(
+    name: str,
+    config: Path,
+    overrides: list[str],
+    budget_s: float,
+    eval_every_s: float,
+    accelerator: str,
+) -> tuple[Curve, ImplicitImageSystem]:
+    system, data = build(config, overrides)
+    curve = Curve(name)
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_steps=-1,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[TrainingClock(curve, budget_s, eval_every_s)],
+    )
+    trainer.fit(system, datamodule=data)
+    return curve, system
+
+
+def write_csv(curves: list[Curve], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["variant", "seconds", "steps", "network_evaluations", "psnr", "psnr_net"])
+        for curve in curves:
+            for row in zip(
+                curve.seconds,
+                curve.steps,
+                curve.evaluations,
+                curve.psnr,
+                curve.psnr_network,
+            ):
+                writer.writerow(
+                    [curve.name, f"{row[0]:.2f}", row[1], row[2], f"{row[3]:.3f}", f"{row[4]:.3f}"]
+                )
+
+
+def plot(curves: list[Curve], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_time, by_evals) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for curve in curves:
+        by_time.plot(curve.seconds, curve.psnr, marker=".", label=curve.name)
+        by_evals.plot(curve.evaluations, curve.psnr, marker=".", label=curve.name)
+    by_time.set_xlabel("training wall time (s)")
+    by_evals.set_xlabel("network evaluations")
+    by_evals.set_xscale("log")
+    for axis in (by_time, by_evals):
+        axis.set_ylabel("PSNR of the reconstruction (dB)")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def psnr_at(curve: Curve, seconds: float) -> float:
+    """PSNR at the last evaluation not later than ``seconds``."""
+    best = float("nan")
+    for t, p in zip(curve.seconds, curve.psnr):
+        if t <= seconds + 1e-9:
+            best = p
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.bench_train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--budget", type=float, default=300.0, help="training seconds per variant")
+    parser.add_argument(
+        "--eval-every",
+        type=float,
+        default=None,
+        help="seconds of training between evaluations (default budget / 20)",
+    )
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--sparse-config", type=Path, default=VARIANTS["sparse"][0])
+    parser.add_argument("--dense-config", type=Path, default=VARIANTS["dense"][0])
+    parser.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        help="extra LightningCLI arguments for every variant, e.g. --override=--data.path=my.png",
+    )
+    parser.add_argument("--accelerator", default="auto")
+    parser.add_argument(
+        "--render-scales",
+        type=int,
+        nargs="*",
+        default=[1, 2, 4],
+        help="render benchmark scales after training (none to skip)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench_out/train"))
+    args = parser.parse_args(argv)
+    eval_every = args.eval_every or args.budget / 20
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
+        else f"CPU ({os.cpu_count()} cores)"
+    )
+    print(
+        f"# training benchmark: {args.budget:.0f} s per variant on {device}, "
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}"
+    )
+    curves, systems = [], {}
+    for name in args.variants:
+        config = args.sparse_config if name == "sparse" else args.dense_config
+        overrides = VARIANTS[name][1] + list(args.override)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        curve, system = train_variant(
+            name, config, overrides, args.budget, eval_every, args.accelerator
+        )
+        curves.append(curve)
+        systems[name] = system
+        print(
+            f"  {name:13s} {curve.steps[-1]:6d} steps  {curve.seconds[-1]:6.1f} s  "
+            f"PSNR {curve.psnr[-1]:6.2f} dB  (load average before: {load:.2f})",
+            flush=True,
+        )
+
+    checkpoints = sorted({0.25, 0.5, 1.0})
+    header = (
+        "| variant | steps | steps/s | network evals | "
+        + " | ".join(f"PSNR @ {fraction * args.budget:.0f} s" for fraction in checkpoints)
+        + " |"
+    )
+    print()
+    print(header)
+    print("|" + "---|" * (4 + len(checkpoints)))
+    for curve in curves:
+        cells = [
+            curve.name,
+            str(curve.steps[-1]),
+            f"{curve.steps[-1] / curve.seconds[-1]:.2f}",
+            f"{curve.evaluations[-1]:.3g}",
+            *(f"{psnr_at(curve, f * args.budget):.2f}" for f in checkpoints),
+        ]
+        print("| " + " | ".join(cells) + " |")
+    if "sparse" in systems:
+        sparse = next(c for c in curves if c.name == "sparse")
+        print(
+            f"\nsparse: PSNR of the network evaluated densely (not the model's image): "
+            f"{sparse.psnr_network[-1]:.2f} dB"
+        )
+        for curve in curves:
+            if curve.name != "sparse":
+                print(
+                    f"sparse - {curve.name}: {sparse.psnr[-1] - curve.psnr[-1]:+.2f} dB "
+                    f"at {args.budget:.0f} s"
+                )
+    write_csv(curves, args.out / "train_curves.csv")
+    plot(
+        curves,
+        args.out / "train_psnr.png",
+        f"Sparse vs dense training, {args.budget:.0f} s each, {device}",
+    )
+    print(f"\nwrote {args.out / 'train_curves.csv'} and {args.out / 'train_psnr.png'}")
+
+    if args.render_scales:
+        from models.render import benchmark_render, print_render_table
+
+        for name, system in systems.items():
+            if name == "dense_random":
+                continue
+            rows = benchmark_render(system, args.render_scales)
+            print(f"\n## render benchmark: network trained {name}")
+            print_render_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Helpers shared by the quality benchmarks: PIL resizing, metrics, tables, CSV and plots."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchmetrics.functional import mean_absolute_error
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
+
+PIL_RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "box": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "hamming": Image.Resampling.HAMMING,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+L1_SCALE = 255.0  # L1 is reported on the 0-255 intensity scale
+
+
+def pil_resize(pixels: np.ndarray, size: tuple[int, int], filter: str) -> np.ndarray:
+    """``PIL.Image.resize`` of a float image [H, W, C] to size (h, w), channel by channel.
+
+    Float ("F" mode) images, so PIL neither rounds nor clips; the result is [h, w, C] float32.
+    """
+    height, width = size
+    channels = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(pixels[:, :, c]), mode="F").resize(
+                (width, height), PIL_RESAMPLING[filter]
+            )
+        )
+        for c in range(pixels.shape[2])
+    ]
+    return np.stack(channels, axis=2)
+
+
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """[H, W, C] array -> [1, C, H, W] float32 tensor."""
+    array = np.ascontiguousarray(pixels, dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def to_pixels(image: torch.Tensor) -> np.ndarray:
+    """[1, C, H, W] or [C, H, W] tensor -> [H, W, C] float32 array."""
+    image = image.detach().float().cpu()
+    if image.dim() == 4:
+        image = image[0]
+    return image.permute(1, 2, 0).numpy()
+
+
+def image_metrics(prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """L1 (0-255 scale), PSNR (dB) and SSIM of [H, W, C] images in [0, 1], via torchmetrics.
+
+    The prediction is clipped to [0, 1] first, as storing it in any image format would.
+    """
+    pred = to_tensor(np.clip(prediction, 0.0, 1.0))  # [1, C, H, W]
+    true = to_tensor(target)
+    return {
+        "l1": float(mean_absolute_error(pred.double(), true.double())) * L1_SCALE,
+        "psnr": float(peak_signal_noise_ratio(pred.double(), true.double(), data_range=1.0)),
+        # float32: torchmetrics' SSIM convolutions are ten times slower in float64 on CPU
+        "ssim": float(structural_similarity_index_measure(pred, true, data_range=1.0)),
+    }
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+    """(result, seconds) of one call."""
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def mean_by(
+    rows: Iterable[dict[str, object]], keys: Sequence[str], metric: str
+) -> dict[tuple, float]:
+    """Mean of `metric` over rows grouped by the values of `keys`."""
+    groups: dict[tuple, list[float]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[k] for k in keys)].append(float(row[metric]))
+    return {key: float(np.mean(values)) for key, values in groups.items()}
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table; floats printed with 2 decimals (3 for values below 1)."""
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.3f}" if abs(value) < 1 else f"{value:.2f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(str(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    pyplot().close(fig)

@@ -1,0 +1,343 @@
+"""Training through the real entry point: train.py's LightningCLI on a tiny image, on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import nuir
+from models.data import DEFAULT_IMAGE, ImageDataModule, load_image
+from models.siren import Siren
+from models.system import ImplicitImageSystem
+from nuir.render import pixel_to_unit
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 32
+
+
+def train_entry():
+    spec = importlib.util.spec_from_file_location("train_entry", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_photo(path: Path, size: int = SIZE) -> Path:
+    """A size x size crop of the bundled photo (the face: edges and flat parts)."""
+    with Image.open(DEFAULT_IMAGE) as photo:
+        photo.convert("RGB").crop((80, 40, 80 + 2 * size, 40 + 2 * size)).resize(
+            (size, size), Image.Resampling.LANCZOS
+        ).save(path)
+    return path
+
+
+def fit(tmp: Path, *overrides: str, run_dir: str = "run", steps: int = 4):
+    """``python train.py fit --config configs/debug.yaml`` with logs and checkpoints in tmp."""
+    image = tmp / "photo.png"
+    if not image.exists():
+        tiny_photo(image)
+    local = tmp / f"{run_dir}.yaml"
+    local.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "logger": {
+                        "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                        "init_args": {
+                            "save_dir": str(tmp / run_dir),
+                            "name": "logs",
+                            "default_hp_metric": False,
+                        },
+                    },
+                    "callbacks": [
+                        {
+                            "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                            "init_args": {
+                                "dirpath": str(tmp / run_dir / "checkpoints"),
+                                "save_last": True,
+                            },
+                        }
+                    ],
+                }
+            }
+        )
+    )
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "debug.yaml"),
+        "--config",
+        str(local),
+        "--data.path",
+        str(image),
+        "--data.steps_per_epoch",
+        "2",
+        "--model.n_points",
+        "200",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        *overrides,
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return train_entry().main(args)
+
+
+def test_point_positions_change_after_training_steps(tmp_path: Path) -> None:
+    cli = fit(tmp_path, steps=2)
+    system = cli.model
+    initial = ImplicitImageSystem(Siren(out_features=3), n_points=200, placement="gradient")
+    initial.initialise_from_target(cli.datamodule.image)
+    moved = (system.points.detach() - initial.points).norm(dim=1)  # [N]
+    assert system.global_step == 2
+    assert (moved > 0).float().mean() > 0.9  # (almost) every point learned a new position
+    assert moved.max() < 1.0  # two Adam steps of lr 0.01 move a point by ~0.03 px
+    x, y = system.points[:, 0], system.points[:, 1]
+    assert (x >= -0.5).all() and (x <= SIZE - 0.5).all()
+    assert (y >= -0.5).all() and (y <= SIZE - 0.5).all()
+    torch.testing.assert_close(system.log_sigma, initial.log_sigma)  # not learned by default
+
+
+def test_position_gradient_flows_through_weights_and_network_values() -> None:
+    torch.manual_seed(0)
+    target = torch.rand(1, 12, 12, dtype=torch.float64)
+    system = ImplicitImageSystem(
+        Siren(out_features=1, hidden_features=16, hidden_layers=1), n_points=30, placement="random"
+    ).double()
+    system.initialise_from_target(target)
+    prediction, _ = system.reconstruct_window()
+    loss = torch.nn.functional.mse_loss(prediction, target)
+    (grad,) = torch.autograd.grad(loss, system.points)
+    # Finite differences of the whole loss: point 3 moves, so both its Gaussian and the
+    # network's value at it change.
+    eps = 1e-6
+    numeric = []
+    for axis in range(2):
+        with torch.no_grad():
+            values = []
+            for sign in (1, -1):
+                system.points[3, axis] += sign * eps
+                values.append(
+                    float(torch.nn.functional.mse_loss(system.reconstruct_window()[0], target))
+                )
+                system.points[3, axis] -= sign * eps
+        numeric.append((values[0] - values[1]) / (2 * eps))
+    torch.testing.assert_close(
+        grad[3], torch.tensor(numeric, dtype=torch.float64), rtol=1e-4, atol=1e-9
+    )
+    # The network path alone (Gaussian weights frozen) is a real part of it.
+    frozen = system.points.detach().clone()
+    values = system.network(pixel_to_unit(system.points, (12, 12)))  # [N, 1]
+    network_path = nuir.interpolate(frozen, values, (12, 12), system.sigma())
+    (grad_network,) = torch.autograd.grad(
+        torch.nn.functional.mse_loss(network_path, target), system.points
+    )
+    assert grad_network.abs().sum() > 0.01 * grad.abs().sum()
+    assert not torch.allclose(grad_network, grad)
+
+
+def event_tags(log_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (event_file,) = log_dir.glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(
+        str(event_file), size_guidance={"images": 0, "scalars": 0, "histograms": 0}
+    )
+    accumulator.Reload()
+    return accumulator
+
+
+def test_event_file_holds_scalars_images_histogram_and_hparams(tmp_path: Path) -> None:
+    fit(tmp_path, "--model.learn_sigma", "true", "--trainer.log_every_n_steps", "1", steps=4)
+    log_dir = tmp_path / "run" / "logs" / "version_0"
+    events = event_tags(log_dir)
+    tags = events.Tags()
+    for tag in (
+        "train/loss",
+        "train/psnr",
+        "train/network_evaluations",
+        "val/loss",
+        "val/psnr",
+        "val/ssim",
+        "val/psnr_network_dense",
+        "hp/psnr",
+        "hp/ssim",
+    ):
+        assert tag in tags["scalars"], tag
+    for tag in ("images/target", "images/reconstruction", "images/abs_error_x4", "images/points"):
+        assert tag in tags["images"], tag
+    assert "sigma" in tags["histograms"]
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
+    assert len(events.Scalars("train/loss")) == 4
+    assert [event.step for event in events.Images("images/reconstruction")] == [2, 4]
+    points_image = events.Images("images/points")[0]
+    assert points_image.width == 16 * SIZE  # upscaled so the points are visible
+    assert all(np.isfinite(event.value) for event in events.Scalars("val/ssim"))
+    # The full config is saved beside the logs, overrides included.
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert saved["model"]["n_points"] == 200
+    assert saved["model"]["learn_sigma"] is True
+    assert saved["model"]["network"]["class_path"] == "models.siren.Siren"
+
+
+def final_state(cli) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in cli.model.state_dict().items()}
+
+
+def test_resume_from_last_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    common = (
+        "--model.learn_sigma",
+        "true",
+        "--model.crop_size",
+        "20",
+        "--data.steps_per_epoch",
+        "3",
+        "--trainer.logger",
+        "false",
+    )
+    whole = fit(tmp_path, *common, run_dir="whole", steps=6)
+    first = fit(tmp_path, *common, run_dir="parts", steps=3)
+    assert first.trainer.global_step == 3
+    resumed = fit(tmp_path, *common, "--ckpt_path", "last", run_dir="parts", steps=6)
+    assert resumed.trainer.global_step == 6
+    expected, got = final_state(whole), final_state(resumed)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    assert int(got["network_evaluations"]) == int(expected["network_evaluations"])
+    # The optimiser state (Adam moments of network, points and sigma) matches too.
+    whole_ckpt = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True)
+    parts_ckpt = torch.load(tmp_path / "parts" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert whole_ckpt["global_step"] == parts_ckpt["global_step"] == 6
+    for a, b in zip(
+        whole_ckpt["optimizer_states"][0]["state"].values(),
+        parts_ckpt["optimizer_states"][0]["state"].values(),
+    ):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(
+            a["exp_avg_sq"], b["exp_avg_sq"]
+        )
+
+
+@pytest.mark.parametrize("mode", ["dense", "dense_random"])
+def test_dense_baselines_train(tmp_path: Path, mode: str) -> None:
+    cli = fit(tmp_path, "--model.mode", mode, "--trainer.logger", "false", steps=3)
+    system = cli.model
+    assert not hasattr(system, "points")
+    per_step = SIZE * SIZE if mode == "dense" else 200
+    assert int(system.network_evaluations) == 3 * per_step
+    assert torch.isfinite(system.reconstruct()).all()
+
+
+def test_missing_or_unreadable_image_fails_before_training(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        fit(tmp_path, "--data.path", str(tmp_path / "missing.png"))
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"this is not an image")
+    with pytest.raises(ValueError, match="cannot read image file .*garbage.png"):
+        fit(tmp_path, "--data.path", str(garbage))
+    assert not (tmp_path / "run" / "logs").exists()  # nothing was trained or logged
+
+
+def test_network_with_wrong_channel_count_is_refused(tmp_path: Path) -> None:
+    grey = tmp_path / "grey.png"
+    Image.fromarray((np.random.default_rng(0).random((SIZE, SIZE)) * 255).astype(np.uint8)).save(
+        grey
+    )
+    with pytest.raises(ValueError, match="out_features"):
+        fit(tmp_path, "--data.path", str(grey), "--trainer.logger", "false", steps=1)
+
+
+# --- loading images -------------------------------------------------------------------------
+
+
+def write_png16(path: Path, pixels: np.ndarray) -> Path:
+    """A 16-bit RGB PNG written by hand (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\x00" + pixels[r].astype(">u2").tobytes() for r in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_load_image_formats_and_bit_depths(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    grey8 = (rng.random((6, 7)) * 255).astype(np.uint8)
+    Image.fromarray(grey8).save(tmp_path / "grey8.png")
+    torch.testing.assert_close(
+        load_image(tmp_path / "grey8.png"), torch.from_numpy(grey8 / 255.0).float()[None]
+    )
+
+    grey16 = (rng.random((6, 7)) * 65535).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "grey16.png")
+    torch.testing.assert_close(
+        load_image(tmp_path / "grey16.png"), torch.from_numpy(grey16 / 65535.0).float()[None]
+    )
+
+    rgba = (rng.random((6, 7, 4)) * 255).astype(np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    assert load_image(tmp_path / "rgba.png").shape == (4, 6, 7)
+
+    import tifffile
+
+    rgb16 = (rng.random((6, 7, 3)) * 65535).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb16)
+    torch.testing.assert_close(
+        load_image(tmp_path / "rgb16.tif"),
+        torch.from_numpy(rgb16 / 65535.0).float().permute(2, 0, 1),
+    )
+
+    across, down = np.meshgrid(np.linspace(0, 1, 24), np.linspace(0, 1, 16))
+    smooth = (np.stack([across, down, 1 - across], -1) * 255).astype(np.uint8)
+    Image.fromarray(smooth).save(tmp_path / "photo.jpg", quality=95)
+    jpeg = load_image(tmp_path / "photo.jpg")  # lossy: close, not equal
+    assert jpeg.shape == (3, 16, 24)
+    assert (jpeg - torch.from_numpy(smooth / 255.0).float().permute(2, 0, 1)).abs().mean() < 0.02
+
+    with pytest.warns(UserWarning, match="8-bit precision"):
+        assert load_image(write_png16(tmp_path / "rgb16.png", rgb16)).shape == (3, 6, 7)
+
+
+def test_images_shipped_by_scikit_image_load_by_name() -> None:
+    assert load_image("skimage:astronaut").shape == (3, 512, 512)
+    assert load_image("skimage:camera").shape[0] == 1
+    with pytest.raises(FileNotFoundError, match="choose one of .*astronaut"):
+        load_image("skimage:no_such_photo")
+
+
+def test_data_module_default_photo_resize_and_channels() -> None:
+    data = ImageDataModule()
+    assert data.size == (256, 256) and data.num_channels == 3
+    assert DEFAULT_IMAGE.stat().st_size < 200_000
+    small = ImageDataModule(resize=(64, 48), channels=1)
+    assert small.image.shape == (1, 64, 48)
+    assert 0.0 <= float(small.image.min()) and float(small.image.max()) <= 1.0
+    batch = next(iter(small.train_dataloader()))
+    assert batch.shape == (1, 1, 64, 48)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        ImageDataModule(steps_per_epoch=0)
+    with pytest.raises(ValueError, match="channels"):
+        ImageDataModule(channels=2)
