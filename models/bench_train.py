@@ -60,14 +60,11 @@ class Curve:
 
 class TrainingClock(Callback):
     """Stops training after ``budget_s`` seconds spent in training steps; scores the model every
-    ``eval_every_s`` of them, with the clock paused. After ``probe_steps`` steps it sets the
-    system's schedule length to the number of steps the budget should allow at that pace."""
+    ``eval_every_s`` of them, with the clock paused. The system's learning-rate schedule runs on
+    this clock (``external_progress``), so it ends with the budget."""
 
-    def __init__(
-        self, curve: Curve, budget_s: float, eval_every_s: float, probe_steps: int = 20
-    ) -> None:
+    def __init__(self, curve: Curve, budget_s: float, eval_every_s: float) -> None:
         self.curve = curve
-        self.probe_steps = probe_steps
         self.budget_s = budget_s
         self.eval_every_s = eval_every_s
         self.elapsed = 0.0
@@ -75,13 +72,12 @@ class TrainingClock(Callback):
         self.started = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # The learning-rate schedule follows this clock: it ends with the budget.
+        pl_module.external_progress = self.elapsed / self.budget_s
         self.started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.elapsed += time.perf_counter() - self.started
-        if trainer.global_step == self.probe_steps:
-            # The learning-rate schedule spans the steps the budget is expected to allow.
-            pl_module.schedule_steps = int(self.budget_s / (self.elapsed / self.probe_steps))
         done = self.elapsed >= self.budget_s
         if done or self.elapsed >= self.next_eval:
             self.score(trainer, pl_module, batch[0])

@@ -59,7 +59,7 @@ def sparse_renderer(
     *,
     grid_density: float = 1.0,
     sigma_scale: float = 0.5,
-    prefilter: int = 8,
+    prefilter: int = 0,
     chunk_size: int = 65536,
 ) -> SparseRenderer:
     """The sparse renderer of a system on an output raster of ``size`` (evaluates the network).
@@ -207,70 +207,106 @@ def output_size(system: ImplicitImageSystem, scale: float | None, size: list[int
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def _timed_render(renderer, size: tuple[int, int], tile_size: int, device: str):
+    """(image [C, H, W] float, seconds, evaluations); ``renderer`` may be a builder (timed)."""
+    started = time.perf_counter()
+    if not hasattr(renderer, "render_tile"):
+        renderer = renderer()
+    image = None
+    for window in tile_windows(size, tile_size):
+        row0, col0, h, w = window
+        tile = renderer.render_tile(window)
+        if image is None:
+            image = tile.new_empty(tile.shape[0], *size)
+        image[:, row0 : row0 + h, col0 : col0 + w] = tile
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return image, time.perf_counter() - started, int(renderer.evaluations)
+
+
+def default_render_methods(system: ImplicitImageSystem) -> list[tuple[str, str, int]]:
+    """(label, points, prefilter iterations) of the sparse renders the benchmark times."""
+    if system.mode == "sparse":
+        return [("trained points", "trained", 0), ("grid", "grid", 0)]
+    return [("grid", "grid", 0), ("grid + prefilter 3", "grid", 3)]
+
+
 def benchmark_render(
     system: ImplicitImageSystem,
     scales: list[float],
     *,
-    tile_size: int = 512,
-    points: str = "auto",
+    methods: list[tuple[str, str, int]] | None = None,
+    tile_size: int = 1024,
     grid_density: float = 1.0,
     sigma_scale: float = 0.5,
-    prefilter: int = 8,
     chunk_size: int = 65536,
 ) -> list[dict]:
-    """Sparse against dense rendering of one system at each scale (same run, same machine)."""
+    """Sparse against dense rendering of one system at each scale, in one run on one machine.
+
+    The dense render is kept whole in memory for the comparison, so this is for moderate sizes
+    (the render command itself compares tile by tile).
+
+    Args:
+        methods: (label, points, prefilter) per sparse render, see :func:`sparse_renderer`;
+            default :func:`default_render_methods`.
+    Returns:
+        One dict per (scale, method): sizes, seconds, evaluations, speedup, PSNR vs dense.
+    """
     system = system.eval()
     device = str(system.device)
-    probe = torch.zeros(1, 2, device=system.device, dtype=system.coordinate_dtype)
-    with torch.no_grad():
-        channels = int(system.network(probe).shape[-1])
+    methods = methods or default_render_methods(system)
     rows = []
-    for scale in scales:
-        size = output_size(system, scale, None)
-        dense = DenseRenderer(system.network, size, chunk_size=chunk_size)
-        _, dense_result = render_to_array(dense, size, channels, tile_size=tile_size, device=device)
-
-        def build(size=size):
-            return sparse_renderer(
-                system,
-                size,
-                points,
-                grid_density=grid_density,
-                sigma_scale=sigma_scale,
-                prefilter=prefilter,
-                chunk_size=chunk_size,
+    with torch.no_grad():
+        for scale in scales:
+            size = output_size(system, scale, None)
+            dense_renderer = DenseRenderer(system.network, size, chunk_size=chunk_size)
+            dense, dense_s, dense_evaluations = _timed_render(
+                dense_renderer, size, tile_size, device
             )
+            dense = dense.clamp(0, 1)
+            for label, points, prefilter in methods:
 
-        compare = DenseRenderer(system.network, size, chunk_size=chunk_size)
-        _, sparse_result = render_to_array(
-            build, size, channels, tile_size=tile_size, compare=compare, device=device
-        )
-        rows.append(
-            {
-                "scale": scale,
-                "size": size,
-                "dense_s": dense_result.seconds,
-                "dense_evaluations": dense_result.evaluations,
-                "sparse_s": sparse_result.seconds,
-                "sparse_evaluations": sparse_result.evaluations,
-                "speedup": dense_result.seconds / sparse_result.seconds,
-                "psnr_vs_dense": sparse_result.psnr_vs_dense,
-            }
-        )
+                def build(size=size, points=points, prefilter=prefilter):
+                    return sparse_renderer(
+                        system,
+                        size,
+                        points,
+                        grid_density=grid_density,
+                        sigma_scale=sigma_scale,
+                        prefilter=prefilter,
+                        chunk_size=chunk_size,
+                    )
+
+                sparse, sparse_s, sparse_evaluations = _timed_render(build, size, tile_size, device)
+                mse = float((sparse.clamp(0, 1) - dense).double().square().mean())
+                rows.append(
+                    {
+                        "scale": scale,
+                        "size": size,
+                        "method": label,
+                        "dense_s": dense_s,
+                        "dense_evaluations": dense_evaluations,
+                        "sparse_s": sparse_s,
+                        "sparse_evaluations": sparse_evaluations,
+                        "speedup": dense_s / sparse_s,
+                        "psnr_vs_dense": math.inf if mse == 0 else -10 * math.log10(mse),
+                    }
+                )
     return rows
 
 
 def print_render_table(rows: list[dict]) -> None:
     print(
-        "| scale | output | dense s | dense evals | sparse s | sparse evals | speedup | "
-        "PSNR sparse vs dense |"
+        "| scale | output | sparse method | dense s | dense evals | sparse s | sparse evals | "
+        "speedup | PSNR sparse vs dense |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['scale']:g}x | {row['size'][0]}x{row['size'][1]} | {row['dense_s']:.3f} | "
-            f"{row['dense_evaluations']} | {row['sparse_s']:.3f} | {row['sparse_evaluations']} | "
-            f"{row['speedup']:.1f}x | {row['psnr_vs_dense']:.2f} dB |"
+            f"| {row['scale']:g}x | {row['size'][0]}x{row['size'][1]} | {row['method']} | "
+            f"{row['dense_s']:.3f} | {row['dense_evaluations']} | {row['sparse_s']:.3f} | "
+            f"{row['sparse_evaluations']} | {row['speedup']:.1f}x | "
+            f"{row['psnr_vs_dense']:.2f} dB |"
         )
 
 
@@ -305,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prefilter",
         type=int,
-        default=8,
+        default=0,
         help="grid: iterations making the interpolation pass through the network's values",
     )
     parser.add_argument("--tile", type=int, default=1024, help="tile side in output pixels")
@@ -328,14 +364,16 @@ def main(argv: list[str] | None = None) -> int:
 
     system = load_system(args.checkpoint, args.device)
     if args.benchmark:
+        methods = None
+        if args.points != "auto":
+            methods = [(f"{args.points}, prefilter {args.prefilter}", args.points, args.prefilter)]
         rows = benchmark_render(
             system,
             args.benchmark,
+            methods=methods,
             tile_size=args.tile,
-            points=args.points,
             grid_density=args.grid_density,
             sigma_scale=args.sigma_scale,
-            prefilter=args.prefilter,
             chunk_size=args.chunk,
         )
         print(

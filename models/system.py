@@ -21,6 +21,7 @@ from typing import Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 from torchmetrics.functional.image import (
@@ -57,9 +58,9 @@ class ImplicitImageSystem(pl.LightningModule):
         cutoff: Mahalanobis radius of each Gaussian (``nuir.interpolate``'s cutoff).
         loss: ``"mse"`` or ``"l1"``.
         lr_network, lr_points, lr_sigma: Adam learning rates of the three parameter groups.
-        lr_schedule: ``"constant"`` or ``"cosine"`` (decay to ``lr_final_fraction`` of each rate
-            at the trainer's ``max_steps``, or at ``schedule_steps`` when set; constant while
-            neither is known).
+        lr_schedule: ``"constant"`` or ``"cosine"``: decay to ``lr_final_fraction`` of each rate
+            by the end of the run, which is the trainer's ``max_steps`` or its ``max_time``,
+            whichever comes first (see :meth:`training_progress`).
         lr_final_fraction: final learning rate as a fraction of the initial one (cosine).
         crop_size: reconstruct a random crop_size x crop_size window per step instead of the
             whole image (for large images); None for the whole image.
@@ -138,9 +139,11 @@ class ImplicitImageSystem(pl.LightningModule):
         self.crop_size = crop_size
         self.chunk_size = chunk_size
         self.seed = int(seed)
-        # Length of the cosine schedule when it is not the trainer's max_steps (a benchmark with a
-        # wall-clock budget sets it once it has timed a few steps).
+        # Overrides of the schedule's length (see training_progress): a step count instead of
+        # the trainer's max_steps, or a progress fraction set from outside (a benchmark with a
+        # wall-clock budget sets its own clock's fraction before each step).
         self.schedule_steps: int | None = None
+        self.external_progress: float | None = None
 
         # Filled by setup() from the data; the shapes are fixed here so a checkpoint loads into a
         # freshly constructed system.
@@ -217,14 +220,35 @@ class ImplicitImageSystem(pl.LightningModule):
         final = self.lr_final_fraction
 
         def factor(step: int) -> float:
-            horizon = self.schedule_steps or (self.trainer.max_steps if self._trainer else -1)
-            if horizon is None or horizon <= 0:
+            progress = self.training_progress(step)
+            if progress is None:
                 return 1.0  # no known length: constant
-            progress = min(step, horizon) / horizon
-            return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+            return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def training_progress(self, step: int) -> float | None:
+        """Fraction of the run done: the largest of step / max_steps (or / schedule_steps),
+        elapsed / max_time when the trainer has a time limit, and ``external_progress`` when a
+        caller sets it; None when none of them is known."""
+        fractions = []
+        if self.external_progress is not None:
+            fractions.append(self.external_progress)
+        horizon = self.schedule_steps or (self.trainer.max_steps if self._trainer else -1)
+        if horizon and horizon > 0:
+            fractions.append(step / horizon)
+        if self._trainer is not None:
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, Timer):
+                    remaining = callback.time_remaining("train")
+                    if remaining is not None:
+                        elapsed = callback.time_elapsed("train")
+                        fractions.append(elapsed / max(elapsed + remaining, 1e-9))
+        return max(fractions) if fractions else None
 
     # --- the model ------------------------------------------------------------------------------
 

@@ -66,7 +66,8 @@ def upsample(
         iterations: consistent mode only: maximum number of minimal-residual iterations, each
             one operator forward and one downsampling. 0 gives the plain result.
         tolerance: consistent mode only: stop once ||downsample(output) - image|| <=
-            tolerance * ||image|| (norms over the whole batch); 0 always runs ``iterations``.
+            tolerance * ||image|| (norms over the whole batch); 0 always runs ``iterations``
+            (and, on a GPU, avoids one host synchronisation per iteration).
 
     Returns:
         [B, C, H, W] (or [C, H, W]), on the device and in the dtype of ``image``. The consistent

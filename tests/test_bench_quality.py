@@ -153,23 +153,24 @@ def test_patterns_pick_the_right_share_of_pixels(pattern):
         assert 0.7 < len(indices) / (64 * 80) < 1
 
 
-def test_sigma_floor_leaves_no_pixel_unreached():
-    height, width = 48, 40
+def test_covering_sigma_leaves_no_pixel_unreached():
+    height, width = 96, 80  # blocks of 5 x 5 pixels
     indices = scattered.known_pixels("blocks", height, width, np.random.default_rng(1))
     points = scattered.pixel_points(indices, width)
+    points_t = torch.from_numpy(points).float()
+
+    def weight_map(sigma):
+        sigma_t = sigma if isinstance(sigma, float) else torch.from_numpy(sigma).float()
+        ones = torch.ones(len(points), 1)
+        return nuir.interpolate(points_t, ones, (height, width), sigma_t, return_weight=True)[1]
+
     for method in ("nuir-global", "nuir-knn"):
         sigma = scattered.nuir_sigma(method, points, height, width, 0.5, 4)
-        sigma = scattered.covering_sigma(sigma, indices, height, width)
-        sigma_t = sigma if isinstance(sigma, float) else torch.from_numpy(sigma).float()
-        _, weight = nuir.interpolate(
-            torch.from_numpy(points).float(),
-            torch.ones(len(points), 1),
-            (height, width),
-            sigma_t,
-            cutoff=scattered.CUTOFF,
-            return_weight=True,
-        )
-        assert float(weight.min()) > 0
+        unreached = torch.nonzero(weight_map(sigma) <= 0).flip(1).double().numpy()
+        assert len(unreached) > 0  # the blocks are wider than 3 sigmas
+        covering = scattered.covering_sigma(sigma, points, unreached, 3.0)
+        assert np.all(covering >= sigma) and np.any(covering > sigma)
+        assert float(weight_map(covering).min()) > 0
 
 
 def test_reconstructions_are_exact_at_known_pixels_and_finite():
@@ -190,7 +191,8 @@ def test_reconstructions_are_exact_at_known_pixels_and_finite():
 
 def test_scattered_main_writes_results_and_plots(image_folder, tmp_path, capsys):
     out = tmp_path / "scattered"
-    argv = ["--images", str(image_folder), "--limit", "2", "--crop", "40", "--out", str(out)]
+    argv = ["--images", str(image_folder), "--limit", "2", "--crop", "40", "--repeats", "1"]
+    argv += ["--out", str(out)]
     assert scattered.main([*argv, "--patterns", "random-16", "blocks"]) == 0
     rows = read_rows(out / "results.csv")
     methods = {*scattered.GRIDDATA_METHODS, *scattered.NUIR_METHODS}

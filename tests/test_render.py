@@ -160,6 +160,8 @@ def train(tmp: Path, mode: str) -> Path:
                 "false",
                 "--trainer.enable_model_summary",
                 "false",
+                "--trainer.default_root_dir",
+                str(tmp),
             ]
         )
     return tmp / "checkpoints" / "last.ckpt"
@@ -243,9 +245,13 @@ def test_render_command_dense_and_16_bit(dense_checkpoint, tmp_path, capsys) -> 
 def test_render_benchmark_rows(dense_checkpoint, capsys) -> None:
     assert render_cli.main([str(dense_checkpoint), "--benchmark", "1", "2", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "| 1x | 24x24 |" in printed and "| 2x | 48x48 |" in printed
-    # A dense checkpoint renders sparsely from a grid of one point per training pixel.
-    assert re.search(r"\| 2x \| 48x48 \| [\d.]+ \| 2304 \| [\d.]+ \| 576 \|", printed)
+    assert "| 1x | 24x24 | grid |" in printed and "| 2x | 48x48 | grid |" in printed
+    # A dense checkpoint renders sparsely from a grid of one point per training pixel, plain and
+    # prefiltered; the prefiltered grid reproduces the dense render more closely.
+    rows = re.findall(r"\| 2x \| 48x48 \| (grid[^|]*)\| [\d.]+ \| 2304 \| [\d.]+ \| 576 \| "
+                      r"[\d.]+x \| ([\d.]+) dB \|", printed)
+    assert [label.strip() for label, _ in rows] == ["grid", "grid + prefilter 3"]
+    assert float(rows[1][1]) > float(rows[0][1])
 
 
 def test_render_command_errors(tmp_path) -> None:

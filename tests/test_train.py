@@ -87,6 +87,8 @@ def fit(tmp: Path, *overrides: str, run_dir: str = "run", steps: int = 4):
         "false",
         "--trainer.enable_model_summary",
         "false",
+        "--trainer.default_root_dir",  # where the config goes when the logger is off
+        str(tmp / run_dir),
         *overrides,
     ]
     with warnings.catch_warnings():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import ctypes
+import io
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy.spatial import cKDTree
 from torchmetrics.functional import mean_absolute_error
 from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
@@ -75,11 +78,52 @@ def image_metrics(prediction: np.ndarray, target: np.ndarray) -> dict[str, float
     }
 
 
-def timed(fn: Callable[[], object]) -> tuple[object, float]:
-    """(result, seconds) of one call."""
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
+def limit_scipy_blas_threads(count: int) -> bool:
+    """Set the thread count of the OpenBLAS that scipy wheels bundle; True if it was found.
+
+    This is what threadpoolctl does. scipy's griddata calls LAPACK on 2 x 2 matrices, once per
+    triangle; OpenBLAS threads only add overhead there, and on a loaded machine their busy-waiting
+    turns a 0.03 s interpolation into 20-100 s.
+    """
+    import scipy
+
+    found = False
+    for folder in (Path(scipy.__file__).parent, Path(scipy.__file__).parent.parent / "scipy.libs"):
+        for path in sorted(folder.glob("libscipy_openblas*.so*")):
+            library = ctypes.CDLL(str(path))
+            for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+                setter = getattr(library, name, None)
+                if setter is not None:
+                    setter(ctypes.c_int(count))
+                    found = True
+                    break
+    return found
+
+
+def covering_sigma(
+    sigma: np.ndarray | float, points: np.ndarray, unreached: np.ndarray, cutoff: float
+) -> np.ndarray:
+    """[N] sigmas raised so that every unreached pixel [M, 2] (x, y) is reached after all.
+
+    The nearest point i of each unreached pixel, at distance d, gets sigma_i >= 1.01 d / cutoff.
+    Sigmas only grow, so pixels that were reached stay reached.
+    """
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (len(points),)).copy()  # [N]
+    distance, nearest = cKDTree(points).query(unreached)  # [M], [M]
+    np.maximum.at(sigma, nearest, distance * (1.01 / cutoff))
+    return sigma
+
+
+def timed(fn: Callable[[], object], repeats: int = 1) -> tuple[object, float]:
+    """(result of the first call, seconds of the fastest of `repeats` calls)."""
+    result, best = None, float("inf")
+    for repeat in range(repeats):
+        start = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - start)
+        if repeat == 0:
+            result = value
+    return result, best
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
@@ -125,7 +169,15 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: Path, *, dpi: int = 100, palette: bool = False) -> None:
+    """Save a matplotlib figure as PNG; `palette` stores 256 colours (photo panels stay small)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    if palette:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+        buffer.seek(0)
+        with Image.open(buffer) as image:
+            image.convert("RGB").quantize(colors=256).save(path, optimize=True)
+    else:
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
     pyplot().close(fig)

@@ -6,9 +6,14 @@ A fixed number N of points is placed uniformly at random over a photo (values: t
 bilinearly at the points; sigma: half the mean spacing, nuir's default) and optimised with Adam
 to minimise the L1 error of ``nuir.interpolate`` against the photo. Runs compare what is
 optimised: values only, positions only, positions + sigma, and all three, and the same N on a
-uniform grid (fixed, values only, all). Parametrisation: positions in pixels (a step of at most
-about `lr` pixels), sigma as log(sigma) (scale-free and always positive), values as they are;
-positions are kept inside the image and sigma >= 0.3 px after every step.
+uniform grid (fixed, values only, all), and plain gradient descent (SGD) on positions as the
+paper did. Parametrisation: positions in pixels (Adam moves each by about `lr` pixels per step,
+whatever the size of its gradient), sigma as log(sigma) (scale-free and always positive), values
+as they are. After every step positions are kept inside the image, sigma >= 0.3 px, and, when
+sigma is learnt, every pixel that no Gaussian reached in that step's forward pass makes its
+nearest point's sigma grow until it reaches it (``--no-cover`` turns this off): a pixel beyond
+every cutoff has an error but no gradient, so without this shrinking sigmas open holes that the
+gradient cannot see and the loss climbs back up.
 
 Writes ``results.csv`` (one row per run: L1 / PSNR / SSIM before and after), ``curves.csv``,
 ``summary.md``, ``optimize_curves.png`` (L1 against step) and ``optimize_points.png`` (points
@@ -30,6 +35,7 @@ from tqdm import tqdm
 import nuir
 from nuir.bench._common import (
     L1_SCALE,
+    covering_sigma,
     image_metrics,
     markdown_table,
     pyplot,
@@ -91,6 +97,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=float,
         default=CUTOFF,
         help=f"Mahalanobis cutoff of the Gaussians (default {CUTOFF})",
+    )
+    parser.add_argument(
+        "--no-cover",
+        dest="cover",
+        action="store_false",
+        help="do not grow sigma where pixels become unreached (see the module docstring)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench_out/optimize"))
@@ -161,7 +173,7 @@ class RunResult:
 def optimise(
     spec: RunSpec, target: torch.Tensor, n_points: int, args: argparse.Namespace
 ) -> RunResult:
-    """One Adam run; target [C, H, W] in [0, 1]."""
+    """One optimisation run (Adam, or SGD where the spec says so); target [C, H, W] in [0, 1]."""
     _, height, width = target.shape
     points = initial_points(spec.layout, n_points, height, width, args.seed)  # [N, 2]
     n_points = len(points)
@@ -186,13 +198,14 @@ def optimise(
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if groups else None
     )
 
-    def render() -> torch.Tensor:  # [C, H, W]
+    def render(return_weight: bool = False):  # [C, H, W] (and the weight map [H, W])
         return nuir.interpolate(
             parameters["positions"],
             parameters["values"],
             (height, width),
             parameters["sigma"].exp(),
             cutoff=args.cutoff,
+            return_weight=return_weight,
         )
 
     def reconstruct() -> np.ndarray:
@@ -205,7 +218,8 @@ def optimise(
     start = time.perf_counter()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        loss = (render() - target).abs().mean()
+        image, weight = render(return_weight=True)  # [C, H, W], [H, W]
+        loss = (image - target).abs().mean()
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -214,7 +228,18 @@ def optimise(
             positions = parameters["positions"]
             positions[:, 0].clamp_(-0.5, width - 0.5)
             positions[:, 1].clamp_(-0.5, height - 0.5)
-            parameters["sigma"].clamp_(min=math.log(MIN_SIGMA))
+            log_sigma = parameters["sigma"]
+            log_sigma.clamp_(min=math.log(MIN_SIGMA))
+            unreached = torch.nonzero(weight <= 0)  # [M, 2] (row, column)
+            if args.cover and len(unreached) and "sigma" in spec.learn:
+                # An unreached pixel has error but no gradient: grow its nearest point instead.
+                covering = covering_sigma(
+                    log_sigma.exp().double().numpy(),
+                    positions.double().numpy(),
+                    unreached.flip(1).double().numpy(),
+                    args.cutoff,
+                )
+                log_sigma.copy_(torch.from_numpy(np.log(covering)).to(log_sigma.dtype))
     seconds = (time.perf_counter() - start) / max(steps, 1)
     image_after = reconstruct()
     after = image_metrics(image_after, target_pixels)
@@ -287,7 +312,7 @@ def plot_points(result: RunResult, target: np.ndarray, path: Path) -> None:
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=80, palette=True)
 
 
 def main(argv: list[str]) -> int:
@@ -355,7 +380,8 @@ def main(argv: list[str]) -> int:
         for row in rows
     ]
     text = (
-        f"optimize: {photo[0].name} {height}x{width}, N = {n_points}, {args.steps} Adam steps "
+        f"optimize: {photo[0].name} {height}x{width}, N = {n_points}, {args.steps} steps, Adam "
+        "unless marked SGD "
         f"(lr positions {args.lr_positions} px, log-sigma {args.lr_sigma}, values "
         f"{args.lr_values}), L1 on the 0-255 scale\n\n" + markdown_table(header, table)
     )

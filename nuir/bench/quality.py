@@ -221,11 +221,17 @@ def plot_quality(rows: list[dict[str, object]], factors: list[int], title: str, 
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
     best_pil = [min(l1[(m, f)] for m in PIL_METHODS) for f in factors]
     fig, (ax_abs, ax_rel) = plt.subplots(1, 2, figsize=(11, 4.2))
+    nuir_colours = {"nuir-plain": "tab:red", "nuir-consistent": "black"}
+    lowest = 0.0
     for method in methods:
         values = [l1[(method, f)] for f in factors]
-        style = {"lw": 2.5, "marker": "o"} if method.startswith("nuir") else {"lw": 1.2, "ls": "--"}
+        if method in nuir_colours:
+            style = {"lw": 2.5, "marker": "o", "color": nuir_colours[method]}
+        else:
+            style = {"lw": 1.2, "ls": ":" if method == "box" else "--"}
         ax_abs.plot(factors, values, label=method, **style)
         relative = [100 * (v / b - 1) for v, b in zip(values, best_pil)]
+        lowest = min(lowest, *relative)
         ax_rel.plot(factors, relative, label=method, **style)
     for ax in (ax_abs, ax_rel):
         ax.set_xscale("log", base=2)
@@ -235,7 +241,7 @@ def plot_quality(rows: list[dict[str, object]], factors: list[int], title: str, 
     ax_abs.set_ylabel("mean L1 (0-255)")
     ax_rel.set_ylabel("L1 relative to the best PIL filter (%)")
     ax_rel.axhline(0, color="k", lw=0.8)
-    ax_rel.set_ylim(-8, 25)
+    ax_rel.set_ylim(min(-8.0, lowest - 2), 25)
     ax_abs.legend(fontsize=8)
     fig.suptitle(title)
     save_figure(fig, path)

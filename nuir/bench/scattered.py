@@ -13,9 +13,9 @@ Methods:
 - ``nuir-knn-consistent``: the same Gaussians, with point values solved so that the rendered image
   passes through the known pixels (``nuir.upsample.solve_consistent``): an interpolant.
 
-If a rendering leaves pixels that no Gaussian reaches (large gaps, missing blocks), the sigmas are
-raised to at least r_i / cutoff, where r_i is the distance from point i to the farthest pixel
-whose nearest known pixel is i, and the image is rendered again: no pixel is left at `fill`.
+If a rendering leaves pixels that no Gaussian reaches (large gaps, missing blocks), the nearest
+point of each such pixel gets a sigma large enough to reach it (distance / cutoff) and the image
+is rendered again: no pixel is left at `fill`.
 Every method keeps the known pixels (pasted back into its output, a no-op for interpolants).
 Times cover everything a method computes from the points (the sigma estimates included) and are
 compared as ratios against griddata-linear measured in the same run.
@@ -33,14 +33,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 from scipy.interpolate import griddata
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 import nuir
 from nuir.bench._common import (
+    covering_sigma,
     image_metrics,
+    limit_scipy_blas_threads,
     markdown_table,
     mean_by,
     pyplot,
@@ -56,8 +57,8 @@ GRIDDATA_METHODS = ("griddata-nearest", "griddata-linear", "griddata-cubic")
 NUIR_METHODS = ("nuir-global", "nuir-knn", "nuir-knn-consistent")
 # sigma scales a, picked by `--sweep` on the held-out photos (--photos tuning) with the random-16
 # pattern; see docs/readme/quality.md.
-SIGMA_SCALE = {"nuir-global": 0.4, "nuir-knn": 0.5, "nuir-knn-consistent": 0.4}
-CUTOFF = 3.0
+SIGMA_SCALE = {"nuir-global": 0.4, "nuir-knn": 0.5, "nuir-knn-consistent": 0.3}
+CUTOFF = 5.0  # wider than nuir's default 3: fewer unreached pixels, picked on the tuning photos
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -82,7 +83,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS))
     parser.add_argument("--knn", type=int, default=4, help="K of the per-point sigma (default 4)")
     parser.add_argument(
+        "--cutoff", type=float, default=CUTOFF, help=f"nuir's Mahalanobis cutoff (default {CUTOFF})"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for nuir (default 1: scipy's griddata is single-threaded)",
+    )
+    parser.add_argument(
         "--iterations", type=int, default=10, help="nuir-knn-consistent solver iterations"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="time each method this many times, keep the best"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench_out/scattered"))
@@ -102,17 +115,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="instead of the benchmark, sweep the sigma scale of the nuir methods",
     )
     args = parser.parse_args(argv)
+    if not args.cutoff > 0:
+        parser.error(f"--cutoff must be > 0, got {args.cutoff}")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.knn < 1:
         parser.error(f"--knn must be >= 1, got {args.knn}")
     if args.iterations < 0:
         parser.error(f"--iterations must be >= 0, got {args.iterations}")
-    scales = [
-        getattr(args, m.removeprefix("nuir-").replace("-", "_") + "_sigma_scale")
-        for m in NUIR_METHODS
-    ]
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    scales = [sigma_scale_of(args, m) for m in NUIR_METHODS]
     if not all(a > 0 for a in scales + (args.sweep or [])):
         parser.error("sigma scales must be > 0")
     return args
+
+
+def sigma_scale_of(args: argparse.Namespace, method: str) -> float:
+    """The --<method>-sigma-scale value of a nuir method."""
+    return getattr(args, method.removeprefix("nuir-").replace("-", "_") + "_sigma_scale")
 
 
 # --- patterns ----------------------------------------------------------------------------------
@@ -192,23 +213,12 @@ def griddata_reconstruct(
     return image.reshape(height, width, -1)
 
 
-def coverage_radius(indices: np.ndarray, height: int, width: int) -> np.ndarray:
-    """[N] distance from each known pixel to the farthest pixel whose nearest known pixel it is."""
-    known = np.zeros(height * width, dtype=bool)
-    known[indices] = True
-    known = known.reshape(height, width)
-    distance, (near_rows, near_cols) = ndimage.distance_transform_edt(~known, return_indices=True)
-    owner = np.searchsorted(indices, near_rows * width + near_cols)  # [H, W] point id
-    radius = ndimage.maximum(distance, labels=owner + 1, index=np.arange(1, len(indices) + 1))
-    return np.asarray(radius, dtype=np.float64)
-
-
 def knn_spacing(points: np.ndarray, k: int) -> np.ndarray:
     """[N] mean distance from each point to its k nearest other points."""
     k = min(k, len(points) - 1)
     if k < 1:
         return np.ones(len(points))
-    distances, _ = cKDTree(points).query(points, k=k + 1, workers=-1)  # [N, k + 1], self first
+    distances, _ = cKDTree(points).query(points, k=k + 1)  # [N, k + 1], self first
     return distances[:, 1:].mean(axis=1)
 
 
@@ -221,17 +231,6 @@ def nuir_sigma(
     return scale * knn_spacing(points, k)
 
 
-def covering_sigma(
-    sigma: np.ndarray | float, indices: np.ndarray, height: int, width: int
-) -> np.ndarray:
-    """Sigma raised to at least r_i / cutoff, so that every pixel is reached by its nearest point.
-
-    r_i is the distance from point i to the farthest pixel whose nearest known pixel is i.
-    """
-    floor = coverage_radius(indices, height, width) * (1.01 / CUTOFF)  # [N]
-    return np.maximum(sigma, floor)  # [N], also for one global sigma: only far points grow
-
-
 def nuir_reconstruct(
     method: str,
     indices: np.ndarray,
@@ -241,6 +240,7 @@ def nuir_reconstruct(
     scale: float,
     k: int,
     iterations: int,
+    cutoff: float = 3.0,
 ) -> np.ndarray:
     """One nuir method, end to end from the known pixels; [H, W, C].
 
@@ -262,13 +262,14 @@ def nuir_reconstruct(
             values_t,
             (height, width),
             as_tensor(sigma),
-            cutoff=CUTOFF,
+            cutoff=cutoff,
             return_weight=True,
         )  # [C, H, W], [H, W]
-        if bool((weight <= 0).any()):
-            sigma = covering_sigma(sigma, indices, height, width)
+        unreached = torch.nonzero(weight <= 0)  # [M, 2] (row, column)
+        if len(unreached):
+            sigma = covering_sigma(sigma, points, unreached.flip(1).double().numpy(), cutoff)
             image = nuir.interpolate(
-                points_t, values_t, (height, width), as_tensor(sigma), cutoff=CUTOFF
+                points_t, values_t, (height, width), as_tensor(sigma), cutoff=cutoff
             )
         if method == "nuir-knn-consistent":
             sigma_t = as_tensor(sigma)
@@ -277,7 +278,7 @@ def nuir_reconstruct(
             def render(low: torch.Tensor) -> torch.Tensor:  # [1, C, 1, N] -> [1, C, H, W]
                 point_values = low[0, :, 0, :].T  # [N, C]
                 rendered = nuir.interpolate(
-                    points_t, point_values, (height, width), sigma_t, cutoff=CUTOFF
+                    points_t, point_values, (height, width), sigma_t, cutoff=cutoff
                 )
                 return rendered[None]
 
@@ -303,9 +304,9 @@ def reconstruct(
             indices, values, height, width, method.removeprefix("griddata-")
         )
     if scale is None:
-        scale = getattr(args, method.removeprefix("nuir-").replace("-", "_") + "_sigma_scale")
+        scale = sigma_scale_of(args, method)
     return nuir_reconstruct(
-        method, indices, values, height, width, scale, args.knn, args.iterations
+        method, indices, values, height, width, scale, args.knn, args.iterations, args.cutoff
     )
 
 
@@ -337,7 +338,7 @@ def evaluate(
             values = flat[indices].astype(np.float64)  # [N, C]
             for method, scale in methods:
                 run = partial(reconstruct, method, indices, values, height, width, args, scale)
-                prediction, seconds = timed(run)
+                prediction, seconds = timed(run, args.repeats)
                 prediction = prediction.reshape(height * width, -1).copy()
                 prediction[indices] = values  # keep the known pixels
                 prediction = prediction.reshape(height, width, -1).astype(np.float32)
@@ -414,7 +415,7 @@ def plot_results(rows: list[dict[str, object]], patterns: list[str], path: Path)
     for i, method in enumerate(methods):
         positions = np.arange(len(patterns)) + (i - (len(methods) - 1) / 2) * width
         ax_bar.bar(positions, [l1[(method, p)] for p in patterns], width, label=method)
-    ax_bar.set_xticks(np.arange(len(patterns)), patterns)
+    ax_bar.set_xticks(np.arange(len(patterns)), patterns, fontsize=8, rotation=15)
     ax_bar.set_ylabel("mean L1 (0-255)")
     ax_bar.legend(fontsize=8)
     ax_bar.grid(axis="y", alpha=0.3)
@@ -467,7 +468,7 @@ def plot_example(
                 ax.set_title(name.replace("griddata-", "gd-"), fontsize=7)
             if col == 0:
                 ax.set_ylabel(pattern, fontsize=7)
-    save_figure(fig, path)
+    save_figure(fig, path, dpi=80, palette=True)
 
 
 def run_sweep(args: argparse.Namespace, photos: list[Photo]) -> int:
@@ -494,22 +495,23 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     photos = load_images(args.images, args.photos, args.crop, args.limit)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.sweep is not None:
-        return run_sweep(args, photos)
     # Build / load the compiled operator before anything is timed.
     nuir.interpolate(torch.zeros(1, 2), torch.zeros(1, 1), (2, 2), 1.0)
+    torch.set_num_threads(args.threads)
+    limit_scipy_blas_threads(1)
+    if args.sweep is not None:
+        return run_sweep(args, photos)
     methods = [(m, None) for m in GRIDDATA_METHODS + NUIR_METHODS]
     rows, examples = evaluate(photos, args.patterns, methods, args)
     for row in rows:
         del row["sigma_scale"]
     write_csv(args.out / "results.csv", rows)
-    scales = ", ".join(
-        f"{m} a={getattr(args, m.removeprefix('nuir-').replace('-', '_') + '_sigma_scale'):g}"
-        for m in NUIR_METHODS
-    )
+    scales = ", ".join(f"{m} a={sigma_scale_of(args, m):g}" for m in NUIR_METHODS)
     text = (
-        f"scattered: {len(photos)} images, {torch.get_num_threads()} torch threads, K={args.knn}, "
-        f"{scales}, {args.iterations} iterations\n\n" + summary_tables(rows, args.patterns)
+        f"scattered: {len(photos)} images, {torch.get_num_threads()} torch thread(s), "
+        f"cutoff {args.cutoff:g}, K={args.knn}, "
+        f"{scales}, {args.iterations} iterations, best of {args.repeats} timings\n\n"
+        + summary_tables(rows, args.patterns)
     )
     print(text)
     (args.out / "summary.md").write_text(text + "\n")
