@@ -3,9 +3,12 @@
     python -m models.bench_train --budget 300
 
 Every variant is built from a config through LightningCLI (exactly as ``train.py`` builds it), then
-fitted by a Lightning Trainer for ``--budget`` seconds of training time. Every ``--eval-every``
-seconds the clock pauses and the model's full-image reconstruction is scored (PSNR against the
-target), so the evaluations cost the variant nothing. Variants (same network, same photo):
+fitted by a Lightning Trainer for ``--budget`` seconds of training-step time. Every
+``--eval-every`` seconds the clock pauses and the model's full-image reconstruction is scored (PSNR
+against the target), so the evaluations cost the variant nothing; the learning-rate schedule runs on
+the same clock. The variants take turns in slices of ``--slice`` seconds (each in its own thread,
+one running at a time), so a change in the machine's load hits them alike. Variants (same network,
+same photo):
 
 - ``sparse``:       the network at N learnable points + ``nuir.interpolate`` (configs/default.yaml)
 - ``dense``:        the network at every pixel (configs/dense.yaml)
@@ -25,6 +28,7 @@ import csv
 import os
 import platform
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,21 +62,73 @@ class Curve:
     psnr_network: list[float] = field(default_factory=list)
 
 
+class Turns:
+    """Round-robin turns between variants: one trains at a time, each for a slice of its clock."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.order = list(names)
+        self.active = set(names)
+        self.current = self.order[0] if self.order else None
+        self.condition = threading.Condition()
+
+    def wait(self, name: str) -> None:
+        with self.condition:
+            self.condition.wait_for(lambda: self.current == name)
+
+    def _advance(self) -> None:
+        if not self.active:
+            self.current = None
+            return
+        index = self.order.index(self.current)
+        for step in range(1, len(self.order) + 1):
+            candidate = self.order[(index + step) % len(self.order)]
+            if candidate in self.active:
+                self.current = candidate
+                return
+
+    def pass_on(self, name: str) -> None:
+        with self.condition:
+            if self.current == name:
+                self._advance()
+            self.condition.notify_all()
+
+    def finish(self, name: str) -> None:
+        with self.condition:
+            self.active.discard(name)
+            if self.current == name:
+                self._advance()
+            self.condition.notify_all()
+
+
 class TrainingClock(Callback):
     """Stops training after ``budget_s`` seconds spent in training steps; scores the model every
     ``eval_every_s`` of them, with the clock paused. The system's learning-rate schedule runs on
-    this clock (``external_progress``), so it ends with the budget."""
+    this clock (``external_progress``), so it ends with the budget. With ``turns``, it hands over
+    to the next variant after every ``slice_s`` seconds of its own clock."""
 
-    def __init__(self, curve: Curve, budget_s: float, eval_every_s: float) -> None:
+    def __init__(
+        self,
+        curve: Curve,
+        budget_s: float,
+        eval_every_s: float,
+        turns: Turns | None = None,
+        slice_s: float = 10.0,
+    ) -> None:
         self.curve = curve
         self.budget_s = budget_s
         self.eval_every_s = eval_every_s
+        self.turns = turns
+        self.slice_s = slice_s
         self.elapsed = 0.0
         self.next_eval = 0.0
+        self.slice_end = slice_s
         self.started = 0.0
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.turns is not None:
+            self.turns.wait(self.curve.name)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        # The learning-rate schedule follows this clock: it ends with the budget.
         pl_module.external_progress = self.elapsed / self.budget_s
         self.started = time.perf_counter()
 
@@ -84,6 +140,14 @@ class TrainingClock(Callback):
             self.next_eval += self.eval_every_s
         if done:
             trainer.should_stop = True
+        elif self.turns is not None and self.elapsed >= self.slice_end:
+            self.slice_end += self.slice_s
+            self.turns.pass_on(self.curve.name)
+            self.turns.wait(self.curve.name)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.turns is not None:
+            self.turns.finish(self.curve.name)
 
     @torch.no_grad()
     def score(self, trainer, system: ImplicitImageSystem, target: torch.Tensor) -> None:
@@ -101,27 +165,22 @@ class TrainingClock(Callback):
 
 def build(config: Path, overrides: list[str]) -> tuple[ImplicitImageSystem, ImageDataModule]:
     """The system and data of a config, built by LightningCLI as train.py builds them."""
-    cli = LightningCLI(
-        ImplicitImageSystem,
-        ImageDataModule,
-        args=["--config", str(config), *overrides],
-        run=False,
-        save_config_callback=None,
-    )
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI must read args, not this command
+    try:
+        cli = LightningCLI(
+            ImplicitImageSystem,
+            ImageDataModule,
+            args=["--config", str(config), *overrides],
+            run=False,
+            save_config_callback=None,
+        )
+    finally:
+        sys.argv = argv
     return cli.model, cli.datamodule
 
 
-def train_variant(
-    name: str,
-    config: Path,
-    overrides: list[str],
-    budget_s: float,
-    eval_every_s: float,
-    accelerator: str,
-) -> tuple[Curve, ImplicitImageSystem]:
-    system, data = build(config, overrides)
-    curve = Curve(name)
-    trainer = pl.Trainer(
+def make_trainer(clock: TrainingClock, accelerator: str) -> pl.Trainer:
+    return pl.Trainer(
         accelerator=accelerator,
         devices=1,
         max_steps=-1,
@@ -131,10 +190,51 @@ def train_variant(
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        callbacks=[TrainingClock(curve, budget_s, eval_every_s)],
+        callbacks=[clock],
     )
-    trainer.fit(system, datamodule=data)
-    return curve, system
+
+
+def train_variants(
+    variants: list[tuple[str, Path, list[str]]],
+    budget_s: float,
+    eval_every_s: float,
+    accelerator: str,
+    slice_s: float,
+) -> tuple[list[Curve], dict[str, ImplicitImageSystem]]:
+    """Fit every (name, config, overrides) variant for budget_s of training time.
+
+    With slice_s > 0 the variants take turns (each in its own thread, one running at a time);
+    with slice_s = 0 they run one after the other.
+    """
+    built = [(name, *build(config, overrides)) for name, config, overrides in variants]
+    curves = {name: Curve(name) for name, _, _ in built}
+    turns = Turns([name for name, _, _ in built]) if slice_s > 0 else None
+    failures: list[BaseException] = []
+
+    def fit(name: str, system: ImplicitImageSystem, data: ImageDataModule) -> None:
+        clock = TrainingClock(curves[name], budget_s, eval_every_s, turns, slice_s)
+        try:
+            make_trainer(clock, accelerator).fit(system, datamodule=data)
+        except BaseException as exc:  # reported after the other variants finish
+            failures.append(exc)
+        finally:
+            if turns is not None:
+                turns.finish(name)
+
+    if turns is None:
+        for name, system, data in built:
+            fit(name, system, data)
+    else:
+        threads = [
+            threading.Thread(target=fit, args=item, name=f"bench-{item[0]}") for item in built
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise failures[0]
+    return [curves[name] for name, _, _ in built], {name: system for name, system, _ in built}
 
 
 def write_csv(curves: list[Curve], path: Path) -> None:
@@ -204,11 +304,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense-config", type=Path, default=VARIANTS["dense"][0])
     parser.add_argument(
         "--override",
-        nargs="*",
+        action="append",
         default=[],
-        help="extra LightningCLI arguments for every variant, e.g. --override=--data.path=my.png",
+        metavar="ARG",
+        help="an extra LightningCLI argument for every variant, repeatable: "
+        "--override=--data.path=my.png --override=--model.n_points=20000",
     )
     parser.add_argument("--accelerator", default="auto")
+    parser.add_argument(
+        "--slice",
+        type=float,
+        default=10.0,
+        help="seconds of training per turn when interleaving the variants (0: one after another)",
+    )
     parser.add_argument(
         "--render-scales",
         type=int,
@@ -230,21 +338,17 @@ def main(argv: list[str] | None = None) -> int:
         f"# training benchmark: {args.budget:.0f} s per variant on {device}, "
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}"
     )
-    curves, systems = [], {}
+    variants = []
     for name in args.variants:
         config = args.sparse_config if name == "sparse" else args.dense_config
-        overrides = VARIANTS[name][1] + list(args.override)
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        curve, system = train_variant(
-            name, config, overrides, args.budget, eval_every, args.accelerator
-        )
-        curves.append(curve)
-        systems[name] = system
-        print(
-            f"  {name:13s} {curve.steps[-1]:6d} steps  {curve.seconds[-1]:6.1f} s  "
-            f"PSNR {curve.psnr[-1]:6.2f} dB  (load average before: {load:.2f})",
-            flush=True,
-        )
+        variants.append((name, config, VARIANTS[name][1] + list(args.override)))
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    curves, systems = train_variants(
+        variants, args.budget, eval_every, args.accelerator, args.slice
+    )
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    schedule = f"interleaved in {args.slice:g} s slices" if args.slice > 0 else "run in turn"
+    print(f"variants {schedule}; load average {load_before:.2f} before, {load_after:.2f} after")
 
     checkpoints = sorted({0.25, 0.5, 1.0})
     header = (

@@ -248,8 +248,11 @@ def test_render_benchmark_rows(dense_checkpoint, capsys) -> None:
     assert "| 1x | 24x24 | grid |" in printed and "| 2x | 48x48 | grid |" in printed
     # A dense checkpoint renders sparsely from a grid of one point per training pixel, plain and
     # prefiltered; the prefiltered grid reproduces the dense render more closely.
-    rows = re.findall(r"\| 2x \| 48x48 \| (grid[^|]*)\| [\d.]+ \| 2304 \| [\d.]+ \| 576 \| "
-                      r"[\d.]+x \| ([\d.]+) dB \|", printed)
+    rows = re.findall(
+        r"\| 2x \| 48x48 \| (grid[^|]*)\| [\d.]+ \| 2304 \| [\d.]+ \| 576 \| "
+        r"[\d.]+x \| ([\d.]+) dB \|",
+        printed,
+    )
     assert [label.strip() for label, _ in rows] == ["grid", "grid + prefilter 3"]
     assert float(rows[1][1]) > float(rows[0][1])
 

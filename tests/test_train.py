@@ -17,6 +17,7 @@ from models.data import DEFAULT_IMAGE, ImageDataModule, load_image
 from models.siren import Siren
 from models.system import ImplicitImageSystem
 from nuir.render import pixel_to_unit
+from nuir.samplers import uniform_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -97,9 +98,11 @@ def fit(tmp: Path, *overrides: str, run_dir: str = "run", steps: int = 4):
 
 
 def test_point_positions_change_after_training_steps(tmp_path: Path) -> None:
-    cli = fit(tmp_path, steps=2)
+    cli = fit(tmp_path, "--model.placement", "gradient", "--model.learn_sigma", "false", steps=2)
     system = cli.model
-    initial = ImplicitImageSystem(Siren(out_features=3), n_points=200, placement="gradient")
+    initial = ImplicitImageSystem(
+        Siren(out_features=3), n_points=200, placement="gradient", learn_sigma=False
+    )
     initial.initialise_from_target(cli.datamodule.image)
     moved = (system.points.detach() - initial.points).norm(dim=1)  # [N]
     assert system.global_step == 2
@@ -108,7 +111,7 @@ def test_point_positions_change_after_training_steps(tmp_path: Path) -> None:
     x, y = system.points[:, 0], system.points[:, 1]
     assert (x >= -0.5).all() and (x <= SIZE - 0.5).all()
     assert (y >= -0.5).all() and (y <= SIZE - 0.5).all()
-    torch.testing.assert_close(system.log_sigma, initial.log_sigma)  # not learned by default
+    torch.testing.assert_close(system.log_sigma, initial.log_sigma)  # not learned here
 
 
 def test_position_gradient_flows_through_weights_and_network_values() -> None:
@@ -209,9 +212,14 @@ def test_resume_from_last_equals_an_uninterrupted_run(tmp_path: Path) -> None:
         "false",
     )
     whole = fit(tmp_path, *common, run_dir="whole", steps=6)
-    first = fit(tmp_path, *common, run_dir="parts", steps=3)
+    # The same run (same max_steps, so the same cosine schedule), stopped after its first epoch
+    # of 3 steps, then resumed.
+    first = fit(tmp_path, *common, "--trainer.max_epochs", "1", run_dir="parts", steps=6)
     assert first.trainer.global_step == 3
+    last = tmp_path / "parts" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
     resumed = fit(tmp_path, *common, "--ckpt_path", "last", run_dir="parts", steps=6)
+    assert Path(resumed.trainer.ckpt_path) == last  # it did resume, from step 3
     assert resumed.trainer.global_step == 6
     expected, got = final_state(whole), final_state(resumed)
     assert expected.keys() == got.keys()
@@ -238,6 +246,33 @@ def test_dense_baselines_train(tmp_path: Path, mode: str) -> None:
     assert not hasattr(system, "points")
     per_step = SIZE * SIZE if mode == "dense" else 200
     assert int(system.network_evaluations) == 3 * per_step
+    assert torch.isfinite(system.reconstruct()).all()
+
+
+@pytest.mark.parametrize(
+    "network",
+    [
+        ["models.fourier.FourierFeatureMLP", "--model.network.init_args.num_frequencies", "16"],
+        ["models.hashgrid.HashGridMLP", "--model.network.init_args.log2_table_size", "10"],
+    ],
+)
+def test_other_networks_train_sparsely(tmp_path: Path, network: list[str]) -> None:
+    class_path, *init_args = network
+    cli = fit(
+        tmp_path,
+        "--model.network",
+        class_path,
+        *init_args,
+        "--model.network.init_args.hidden_features",
+        "32",
+        "--trainer.logger",
+        "false",
+        steps=3,
+    )
+    system = cli.model
+    assert type(system.network).__name__ == class_path.rsplit(".", 1)[1]
+    initial = uniform_grid((SIZE, SIZE), 200)
+    assert (system.points.detach() - initial).abs().amax(1).gt(0).float().mean() > 0.9
     assert torch.isfinite(system.reconstruct()).all()
 
 
