@@ -24,6 +24,18 @@ CXX_FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno"]
 NVCC_FLAGS = ["-O3", "-lineinfo"]
 
 
+def openmp_flags() -> list[str]:
+    """-fopenmp where PyTorch's own thread pool is OpenMP (its Linux wheels).
+
+    at::parallel_for is inline: without -fopenmp its ``#pragma omp parallel`` is dropped and every
+    "parallel" loop of the kernels runs on one thread. Linked with -fopenmp, the extension's
+    libgomp.so.1 resolves to the copy torch has already loaded, so torch.set_num_threads applies.
+    """
+    if torch.backends.openmp.is_available() and not torch.backends.mps.is_built():
+        return ["-fopenmp"]
+    return []
+
+
 def source_dir() -> Path:
     """The csrc/ folder: beside the package in a checkout, inside it in an installed wheel."""
     here = Path(__file__).resolve().parent
@@ -60,8 +72,9 @@ def _build() -> None:
     load(
         name="nuir_ops_cuda" if with_cuda else "nuir_ops_cpu",
         sources=sources(with_cuda),
-        extra_cflags=CXX_FLAGS,
+        extra_cflags=CXX_FLAGS + openmp_flags(),
         extra_cuda_cflags=NVCC_FLAGS,
+        extra_ldflags=openmp_flags(),
         extra_include_paths=[str(source_dir())],
         is_python_module=False,
         verbose=os.environ.get("NUIR_VERBOSE_BUILD", "") == "1",

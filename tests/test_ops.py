@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -206,12 +207,15 @@ def test_deterministic_across_runs_and_thread_counts(compiled):
     threads = torch.get_num_threads()
     try:
         first, second = run(), run()
-        torch.set_num_threads(1)
-        single = run()
+        others = []
+        for count in (1, 3):  # one thread, and an uneven split of the bands and points
+            torch.set_num_threads(count)
+            others.append(run())
     finally:
         torch.set_num_threads(threads)
-    for a, b, c in zip(first, second, single):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    for other in (second, *others):
+        for a, b in zip(first, other):
+            assert torch.equal(a, b)
 
 
 def test_torch_compile_traces_the_op(compiled):
@@ -265,6 +269,22 @@ def test_falls_back_to_reference_without_a_compiler(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "reference"
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps (Linux)")
+def test_kernels_share_torchs_openmp_runtime(compiled):
+    # Built without -fopenmp, at::parallel_for would run every loop on one thread; built with it
+    # against a second OpenMP runtime, torch.set_num_threads would not reach the kernels.
+    if torch.backends.openmp.is_available():
+        ours = [path for path in torch.ops.loaded_libraries if "nuir_ops" in Path(path).name]
+        assert ours, torch.ops.loaded_libraries
+        assert b"GOMP_parallel" in Path(ours[0]).read_bytes()  # parallel regions compiled in
+    loaded = {
+        line.split()[-1]
+        for line in Path("/proc/self/maps").read_text().splitlines()
+        if "libgomp" in line or "libomp" in line or "libiomp" in line
+    }
+    assert len(loaded) <= 1, loaded
 
 
 def test_import_never_builds(tmp_path):
