@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from models._layers import check_ints, relu_mlp
+
 
 class GaussianFourierFeatures(nn.Module):
     """v [..., d] -> [..., 2 m]: ``[cos(2 pi B v), sin(2 pi B v)]``, B [m, d] ~ N(0, scale^2)."""
@@ -47,25 +49,17 @@ class FourierFeatureMLP(nn.Module):
         hidden_layers: int = 3,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("in_features", in_features),
-            ("out_features", out_features),
-            ("num_frequencies", num_frequencies),
-            ("hidden_features", hidden_features),
-            ("hidden_layers", hidden_layers),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_ints(
+            in_features=in_features,
+            out_features=out_features,
+            num_frequencies=num_frequencies,
+            hidden_features=hidden_features,
+            hidden_layers=hidden_layers,
+        )
         if not scale > 0:
             raise ValueError(f"scale must be > 0, got {scale!r}")
         self.encoding = GaussianFourierFeatures(in_features, num_frequencies, scale)
-        layers: list[nn.Module] = []
-        width = 2 * num_frequencies
-        for _ in range(hidden_layers):
-            layers += [nn.Linear(width, hidden_features), nn.ReLU(inplace=True)]
-            width = hidden_features
-        layers.append(nn.Linear(width, out_features))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = relu_mlp(2 * num_frequencies, hidden_features, hidden_layers, out_features)
         self.in_features = in_features
         self.out_features = out_features
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models._layers import check_ints, relu_mlp
+
 _PRIMES = (1, 2654435761, 805459861, 3674653429)
 
 
@@ -34,16 +36,14 @@ class HashGridEncoding(nn.Module):
         max_resolution: int = 512,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("in_features", in_features),
-            ("num_levels", num_levels),
-            ("features_per_level", features_per_level),
-            ("log2_table_size", log2_table_size),
-            ("base_resolution", base_resolution),
-            ("max_resolution", max_resolution),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_ints(
+            in_features=in_features,
+            num_levels=num_levels,
+            features_per_level=features_per_level,
+            log2_table_size=log2_table_size,
+            base_resolution=base_resolution,
+            max_resolution=max_resolution,
+        )
         if in_features > len(_PRIMES):
             raise ValueError(f"in_features must be <= {len(_PRIMES)}, got {in_features}")
         if max_resolution < base_resolution:
@@ -137,12 +137,8 @@ class HashGridMLP(nn.Module):
         hidden_layers: int = 2,
     ) -> None:
         super().__init__()
-        if not isinstance(out_features, int) or out_features < 1:
-            raise ValueError(f"out_features must be a positive int, got {out_features!r}")
-        if not isinstance(hidden_features, int) or hidden_features < 1:
-            raise ValueError(f"hidden_features must be a positive int, got {hidden_features!r}")
-        if not isinstance(hidden_layers, int) or hidden_layers < 0:
-            raise ValueError(f"hidden_layers must be an int >= 0, got {hidden_layers!r}")
+        check_ints(out_features=out_features, hidden_features=hidden_features)
+        check_ints(minimum=0, hidden_layers=hidden_layers)
         self.encoding = HashGridEncoding(
             in_features,
             num_levels,
@@ -151,13 +147,9 @@ class HashGridMLP(nn.Module):
             base_resolution,
             max_resolution,
         )
-        layers: list[nn.Module] = []
-        width = self.encoding.out_features
-        for _ in range(hidden_layers):
-            layers += [nn.Linear(width, hidden_features), nn.ReLU(inplace=True)]
-            width = hidden_features
-        layers.append(nn.Linear(width, out_features))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = relu_mlp(
+            self.encoding.out_features, hidden_features, hidden_layers, out_features
+        )
         self.in_features = in_features
         self.out_features = out_features
 

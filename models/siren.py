@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from models._layers import check_ints
+
 
 class SineLayer(nn.Module):
     """``sin(w0 * (W x + b))`` with the SIREN initialisation of W."""
@@ -50,15 +52,10 @@ class Siren(nn.Module):
         hidden_omega: float = 30.0,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("in_features", in_features),
-            ("out_features", out_features),
-            ("hidden_features", hidden_features),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(hidden_layers, int) or hidden_layers < 0:
-            raise ValueError(f"hidden_layers must be an int >= 0, got {hidden_layers!r}")
+        check_ints(
+            in_features=in_features, out_features=out_features, hidden_features=hidden_features
+        )
+        check_ints(minimum=0, hidden_layers=hidden_layers)
         if not (first_omega > 0 and hidden_omega > 0):
             raise ValueError(
                 f"first_omega and hidden_omega must be > 0, got {first_omega}, {hidden_omega}"

@@ -6,16 +6,10 @@ import torch
 from PIL import Image
 
 import nuir
+from nuir.bench._common import PIL_RESAMPLING
 from nuir.upsample import PIL_FILTERS, resample, solve_consistent
 
-PIL_CODES = {
-    "nearest": Image.Resampling.NEAREST,
-    "box": Image.Resampling.BOX,
-    "bilinear": Image.Resampling.BILINEAR,
-    "hamming": Image.Resampling.HAMMING,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
+PIL_CODES = PIL_RESAMPLING  # name -> PIL filter
 
 
 def smooth_image(batch=1, channels=3, height=12, width=16, seed=0, dtype=torch.float32):

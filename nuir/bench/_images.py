@@ -6,6 +6,7 @@ channels, alpha is dropped, 16-bit and float images are scaled by their nominal 
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,3 +126,21 @@ def load_images(
     if limit > 0:
         paths = paths[:limit]
     return [Photo(path.stem, center_crop(read_image(path), crop)) for path in paths]
+
+
+def add_photo_arguments(parser: argparse.ArgumentParser, photos_help: str) -> None:
+    """--images, --photos, --crop and --limit: the arguments of :func:`load_images`."""
+    parser.add_argument("--images", type=Path, default=None, help="folder of PNG/JPEG/TIFF files")
+    parser.add_argument(
+        "--photos",
+        default="default",
+        help=f"without --images: scikit-image photo set {tuple(PHOTO_SETS)} or comma-separated "
+        f"names{photos_help}",
+    )
+    parser.add_argument(
+        "--crop",
+        type=int,
+        default=DEFAULT_CROP,
+        help=f"centre crop to at most CROP x CROP pixels (default {DEFAULT_CROP}); 0: full size",
+    )
+    parser.add_argument("--limit", type=int, default=0, help="use only the first LIMIT images")

@@ -41,7 +41,7 @@ from nuir.bench._common import (
     to_tensor,
     write_csv,
 )
-from nuir.bench._images import DEFAULT_CROP, PHOTO_SETS, Photo, load_images
+from nuir.bench._images import Photo, add_photo_arguments, load_images
 
 DEFAULT_FACTORS = (2, 3, 4, 6, 8, 12, 16)
 DOWNSAMPLING = ("box", "nearest", "bilinear")
@@ -59,20 +59,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="python -m nuir.bench quality",
         description="Downsample photographs and upsample them back: PIL's filters against nuir.",
     )
-    parser.add_argument("--images", type=Path, default=None, help="folder of PNG/JPEG/TIFF files")
-    parser.add_argument(
-        "--photos",
-        default="default",
-        help=f"without --images: scikit-image photo set {tuple(PHOTO_SETS)} or comma-separated "
-        "names (default: the 6 benchmark photos)",
-    )
-    parser.add_argument(
-        "--crop",
-        type=int,
-        default=DEFAULT_CROP,
-        help=f"centre crop to at most CROP x CROP pixels (default {DEFAULT_CROP}); 0: full size",
-    )
-    parser.add_argument("--limit", type=int, default=0, help="use only the first LIMIT images")
+    add_photo_arguments(parser, " (default: the 6 benchmark photos)")
     parser.add_argument("--factors", type=int, nargs="+", default=list(DEFAULT_FACTORS))
     parser.add_argument("--downsample", choices=DOWNSAMPLING, default="box")
     parser.add_argument("--out", type=Path, default=Path("bench_out/quality"))

@@ -49,7 +49,7 @@ from nuir.bench._common import (
     timed,
     write_csv,
 )
-from nuir.bench._images import DEFAULT_CROP, PHOTO_SETS, Photo, load_images
+from nuir.bench._images import Photo, add_photo_arguments, load_images
 from nuir.upsample import solve_consistent
 
 PATTERNS = ("random-4", "random-16", "random-64", "blue-noise-16", "blocks")
@@ -66,20 +66,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="python -m nuir.bench scattered",
         description="Reconstruct photos from scattered pixels: scipy griddata against nuir.",
     )
-    parser.add_argument("--images", type=Path, default=None, help="folder of PNG/JPEG/TIFF files")
-    parser.add_argument(
-        "--photos",
-        default="default",
-        help=f"without --images: scikit-image photo set {tuple(PHOTO_SETS)} or comma-separated "
-        "names",
-    )
-    parser.add_argument(
-        "--crop",
-        type=int,
-        default=DEFAULT_CROP,
-        help=f"centre crop to at most CROP x CROP pixels (default {DEFAULT_CROP}); 0: full size",
-    )
-    parser.add_argument("--limit", type=int, default=0, help="use only the first LIMIT images")
+    add_photo_arguments(parser, "")
     parser.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS))
     parser.add_argument("--knn", type=int, default=4, help="K of the per-point sigma (default 4)")
     parser.add_argument(
