@@ -31,10 +31,10 @@ from torchmetrics.functional.image import (
 
 import nuir
 from nuir.render import evaluate_network, pixel_centres, pixel_to_unit
-from nuir.samplers import local_spacing, sample_points
+from nuir.samplers import PLACEMENTS, local_spacing, sample_points
 
 Mode = Literal["sparse", "dense", "dense_random"]
-Placement = Literal["grid", "jittered", "random", "gradient"]
+Placement = Literal["grid", "jittered", "random", "blue_noise", "gradient"]
 
 _MIN_SIGMA = 0.3  # pixels: a narrower Gaussian can fall between pixel centres
 
@@ -47,8 +47,9 @@ class ImplicitImageSystem(pl.LightningModule):
         mode: ``"sparse"`` (network at N points + interpolation), ``"dense"`` (network at every
             pixel) or ``"dense_random"`` (network at N random pixels per step).
         n_points: N, the number of points (sparse) or of pixels per step (dense_random).
-        placement: initial positions: ``"grid"``, ``"jittered"``, ``"random"`` or ``"gradient"``
-            (importance sampling by the target's gradient magnitude).
+        placement: initial positions: ``"grid"``, ``"jittered"``, ``"random"``,
+            ``"blue_noise"`` or ``"gradient"`` (importance sampling by the target's gradient
+            magnitude).
         sigma: Gaussian standard deviation in pixels, the same for every point; default (None)
             per point, ``sigma_scale`` times the mean distance to its 4 nearest neighbours
             (half the spacing on a grid; wider where importance sampling left points sparse).
@@ -94,7 +95,7 @@ class ImplicitImageSystem(pl.LightningModule):
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
         _check_choice("mode", mode, ("sparse", "dense", "dense_random"))
-        _check_choice("placement", placement, ("grid", "jittered", "random", "gradient"))
+        _check_choice("placement", placement, PLACEMENTS)
         _check_choice("loss", loss, ("mse", "l1"))
         _check_choice("lr_schedule", lr_schedule, ("constant", "cosine"))
         if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from nuir._validate import check_size
 
-PLACEMENTS = ("grid", "jittered", "random", "gradient")
+PLACEMENTS = ("grid", "jittered", "random", "blue_noise", "gradient")
 
 
 def _check_count(n: object) -> int:
@@ -120,6 +120,67 @@ def uniform_random(
     unit = torch.rand(n, 2, generator=generator, dtype=torch.float64)  # [N, 2]
     points = unit * torch.tensor([width, height], dtype=torch.float64) - 0.5
     return points.to(dtype=dtype, device=device)
+
+
+def blue_noise(
+    size: tuple[int, int],
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """n points with blue-noise spacing: no two close together, no large holes.
+
+    Weighted sample elimination (Yuksel, "Sample Elimination for Generating Poisson Disk Sample
+    Sets", 2015): draw 4 n uniform candidates, then remove n * 3 of them one at a time, always the
+    one most crowded by its neighbours within 2 r_max, where r_max is the spacing of n points in
+    hexagonal packing. About 1.5 s for 16384 points, 10 s for 65536 (2 CPU cores).
+
+    Returns:
+        [N, 2] (x, y) in pixel units, in [-0.5, W - 0.5] x [-0.5, H - 0.5].
+    """
+    import heapq
+
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    height, width = check_size(size)
+    n = _check_count(n)
+    candidates = uniform_random((height, width), 4 * n, generator=generator, dtype=torch.float64)
+    coords = candidates.numpy()  # [4n, 2]
+    r_max = math.sqrt(height * width / (2 * math.sqrt(3) * n))
+    reach = 2 * r_max
+    tree = cKDTree(coords)
+    pairs = tree.query_pairs(reach, output_type="ndarray")  # [P, 2], i < j
+    distance = ((coords[pairs[:, 0]] - coords[pairs[:, 1]]) ** 2).sum(1) ** 0.5
+    pair_weight = (1.0 - distance / reach) ** 8
+    # Both directions of every pair, grouped by the first point: point i's neighbours are
+    # other[start[i]:start[i + 1]], with the pair weights in the same places of share.
+    first = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    order = np.argsort(first, kind="stable")
+    other = np.concatenate([pairs[:, 1], pairs[:, 0]])[order].tolist()
+    share = np.concatenate([pair_weight, pair_weight])[order].tolist()
+    start = np.searchsorted(first[order], np.arange(len(coords) + 1)).tolist()
+    weight = np.bincount(first, np.concatenate([pair_weight, pair_weight]), len(coords)).tolist()
+    # Max-heap by weight with lazy updates; ties go to the lower index (deterministic).
+    heap = [(-w, i) for i, w in enumerate(weight)]
+    heapq.heapify(heap)
+    alive = [True] * len(coords)
+    remaining = len(coords)
+    while remaining > n:
+        negative, i = heapq.heappop(heap)
+        if not alive[i] or -negative != weight[i]:
+            continue  # removed, or a stale entry
+        alive[i] = False
+        remaining -= 1
+        for k in range(start[i], start[i + 1]):
+            j = other[k]
+            if alive[j]:
+                weight[j] -= share[k]
+                heapq.heappush(heap, (-weight[j], j))
+    keep = torch.tensor([i for i, a in enumerate(alive) if a], dtype=torch.int64)
+    return candidates[keep].to(dtype=dtype, device=device)
 
 
 def gradient_magnitude(image: torch.Tensor) -> torch.Tensor:
@@ -230,7 +291,8 @@ def sample_points(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Dispatch by name: ``"grid"``, ``"jittered"``, ``"random"`` or ``"gradient"``.
+    """Dispatch by name: ``"grid"``, ``"jittered"``, ``"random"``, ``"blue_noise"`` or
+    ``"gradient"``.
 
     Args:
         placement: one of :data:`PLACEMENTS`.
@@ -247,6 +309,8 @@ def sample_points(
         return jittered_grid(size, n, generator=generator, dtype=dtype)
     if placement == "random":
         return uniform_random(size, n, generator=generator, dtype=dtype)
+    if placement == "blue_noise":
+        return blue_noise(size, n, generator=generator, dtype=dtype)
     if placement == "gradient":
         if image is None:
             raise ValueError('placement "gradient" needs the target image (argument image)')

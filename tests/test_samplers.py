@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nuir.samplers import (
+    blue_noise,
     gradient_importance,
     gradient_magnitude,
     jittered_grid,
@@ -96,7 +97,7 @@ def test_local_spacing_on_a_grid_is_the_grid_step() -> None:
 def test_sample_points_dispatches_and_checks() -> None:
     image = torch.rand(1, 12, 18)
     generator = torch.Generator().manual_seed(0)
-    for placement in ("grid", "jittered", "random", "gradient"):
+    for placement in ("grid", "jittered", "random", "blue_noise", "gradient"):
         points = sample_points(placement, (12, 18), 50, image=image, generator=generator)
         assert points.shape == (50, 2) and inside(points, (12, 18))
     with pytest.raises(ValueError, match="placement must be one of"):
@@ -133,3 +134,28 @@ def test_random_spacing_follows_point_density() -> None:
     points = uniform_random((64, 64), 1024, generator=torch.Generator().manual_seed(0))
     spacing = float(local_spacing(points).mean())
     assert 0.6 * math.sqrt(64 * 64 / 1024) < spacing < 1.2 * math.sqrt(64 * 64 / 1024)
+
+
+def test_blue_noise_keeps_points_apart_without_holes() -> None:
+    size, n = (64, 96), 1536  # 4 pixels per point: grid spacing 2
+    generator = torch.Generator().manual_seed(3)
+    points = blue_noise(size, n, generator=generator)
+    assert points.shape == (n, 2) and inside(points, size)
+    again = blue_noise(size, n, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(points, again)
+
+    def nearest(p: torch.Tensor) -> torch.Tensor:
+        distance = torch.cdist(p.double(), p.double())
+        return distance.fill_diagonal_(math.inf).amin(1)  # [N]
+
+    spacing = 2.0
+    blue, random = nearest(points), nearest(uniform_random(size, n, generator=generator))
+    # Poisson-disk-like: no pair closer than about 0.6 of the spacing (uniform draws have
+    # pairs almost on top of each other) and the nearest-neighbour distances are even.
+    assert blue.min() > 0.6 * spacing and random.min() < 0.2 * spacing
+    assert blue.std() / blue.mean() < 0.5 * (random.std() / random.mean())
+    # No large holes: every pixel centre has a point within 1.5 spacings.
+    centres = torch.stack(
+        torch.meshgrid(torch.arange(96.0), torch.arange(64.0), indexing="xy"), -1
+    ).reshape(-1, 2)
+    assert torch.cdist(centres.double(), points.double()).amin(1).max() < 1.5 * spacing
