@@ -7,18 +7,15 @@ import re
 import warnings
 from pathlib import Path
 
-from PIL import Image
+from _helpers import tiny_photo
 
 from models import bench_train
-from models.data import DEFAULT_IMAGE
 
 SIZE = 24
 
 
 def test_bench_train_interleaves_variants_and_writes_curves(tmp_path: Path, capsys) -> None:
-    photo = tmp_path / "photo.png"
-    with Image.open(DEFAULT_IMAGE) as image:
-        image.convert("RGB").crop((80, 40, 144, 104)).resize((SIZE, SIZE)).save(photo)
+    photo = tiny_photo(tmp_path / "photo.png", SIZE)
     overrides = [
         f"--data.path={photo}",
         "--model.n_points=144",

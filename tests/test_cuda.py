@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from _helpers import opcheck_both_ops
 
 import nuir
 from nuir import reference
@@ -280,32 +281,7 @@ def test_opcheck(cuda_op, dtype):
     p = prepare(points, values, (9, 7), None, kwargs["cov"], None, 3.0, 0.0)
     args = [t.to(CUDA, dtype).contiguous().requires_grad_() for t in (p.points, p.values, p.cov3)]
     weights = torch.rand(2, 12, dtype=dtype, device=CUDA, requires_grad=True)
-    torch.library.opcheck(torch.ops.nuir.gmm_forward.default, (*args, weights, 9, 7, 3.0, 0.5))
-    image, weight = torch.ops.nuir.gmm_forward(*args, weights, 9, 7, 3.0, 0.5)
-    torch.library.opcheck(
-        torch.ops.nuir.gmm_backward.default,
-        (
-            torch.randn_like(image),
-            torch.randn_like(weight),
-            image.detach(),
-            weight.detach(),
-            *(t.detach() for t in args),
-            weights.detach(),
-            3.0,
-        ),
-    )
-    torch.library.opcheck(
-        torch.ops.nuir.gmm_backward.default,
-        (
-            torch.randn_like(image),
-            None,
-            image.detach(),
-            weight.detach(),
-            *(t.detach() for t in args),
-            weights.detach(),
-            3.0,
-        ),
-    )
+    opcheck_both_ops(args, weights, 9, 7)
 
 
 @pytest.mark.parametrize("channels", [3, 5])

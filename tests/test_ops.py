@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import opcheck_both_ops
 
 import nuir
 from nuir import reference
@@ -177,20 +178,7 @@ def test_opcheck(compiled):
     p = prepare(points, values, (9, 7), None, kwargs["cov"], None, 3.0, 0.0)
     args = [t.contiguous().clone().requires_grad_() for t in (p.points, p.values, p.cov3)]
     weights = torch.rand(2, 12, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(torch.ops.nuir.gmm_forward.default, (*args, weights, 9, 7, 3.0, 0.5))
-    image, weight = torch.ops.nuir.gmm_forward(*args, weights, 9, 7, 3.0, 0.5)
-    torch.library.opcheck(
-        torch.ops.nuir.gmm_backward.default,
-        (
-            torch.randn_like(image),
-            torch.randn_like(weight),
-            image.detach(),
-            weight.detach(),
-            *(t.detach() for t in args),
-            weights.detach(),
-            3.0,
-        ),
-    )
+    opcheck_both_ops(args, weights, 9, 7)
 
 
 def test_deterministic_across_runs_and_thread_counts(compiled):

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from _helpers import fit
 from PIL import Image
 
 import nuir
 from models import render as render_cli
-from models.data import DEFAULT_IMAGE
 from models.siren import Siren
 from nuir.render import (
     DenseRenderer,
@@ -27,8 +24,6 @@ from nuir.render import (
     tile_windows,
     unit_to_pixel,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_pixel_unit_mapping_is_exact_at_edges_and_centres() -> None:
@@ -117,54 +112,9 @@ def test_sparse_renderer_checks_its_arguments() -> None:
 
 def train(tmp: Path, mode: str) -> Path:
     """Train a tiny system for 3 steps with train.py's CLI; its last checkpoint."""
-    image = tmp / "photo.png"
-    with Image.open(DEFAULT_IMAGE) as photo:
-        photo.convert("RGB").resize((24, 24), Image.Resampling.LANCZOS).save(image)
-    local = tmp / "local.yaml"
-    local.write_text(
-        yaml.safe_dump(
-            {
-                "trainer": {
-                    "logger": False,
-                    "callbacks": [
-                        {
-                            "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                            "init_args": {"dirpath": str(tmp / "checkpoints"), "save_last": True},
-                        }
-                    ],
-                }
-            }
-        )
-    )
-    spec = importlib.util.spec_from_file_location("train_entry", ROOT / "train.py")
-    entry = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(entry)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        entry.main(
-            [
-                "fit",
-                "--config",
-                str(ROOT / "configs" / "debug.yaml"),
-                "--config",
-                str(local),
-                "--data.path",
-                str(image),
-                "--model.mode",
-                mode,
-                "--model.n_points",
-                "150",
-                "--trainer.max_steps",
-                "3",
-                "--trainer.enable_progress_bar",
-                "false",
-                "--trainer.enable_model_summary",
-                "false",
-                "--trainer.default_root_dir",
-                str(tmp),
-            ]
-        )
-    return tmp / "checkpoints" / "last.ckpt"
+    overrides = ("--model.mode", mode, "--model.n_points", "150", "--trainer.logger", "false")
+    fit(tmp, *overrides, steps=3, size=24)
+    return tmp / "run" / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from _helpers import SIZE, fit
 from PIL import Image
 
 import nuir
@@ -18,83 +17,6 @@ from models.siren import Siren
 from models.system import ImplicitImageSystem
 from nuir.render import pixel_to_unit
 from nuir.samplers import uniform_grid
-
-ROOT = Path(__file__).resolve().parents[1]
-SIZE = 32
-
-
-def train_entry():
-    spec = importlib.util.spec_from_file_location("train_entry", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def tiny_photo(path: Path, size: int = SIZE) -> Path:
-    """A size x size crop of the bundled photo (the face: edges and flat parts)."""
-    with Image.open(DEFAULT_IMAGE) as photo:
-        photo.convert("RGB").crop((80, 40, 80 + 2 * size, 40 + 2 * size)).resize(
-            (size, size), Image.Resampling.LANCZOS
-        ).save(path)
-    return path
-
-
-def fit(tmp: Path, *overrides: str, run_dir: str = "run", steps: int = 4):
-    """``python train.py fit --config configs/debug.yaml`` with logs and checkpoints in tmp."""
-    image = tmp / "photo.png"
-    if not image.exists():
-        tiny_photo(image)
-    local = tmp / f"{run_dir}.yaml"
-    local.write_text(
-        yaml.safe_dump(
-            {
-                "trainer": {
-                    "logger": {
-                        "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-                        "init_args": {
-                            "save_dir": str(tmp / run_dir),
-                            "name": "logs",
-                            "default_hp_metric": False,
-                        },
-                    },
-                    "callbacks": [
-                        {
-                            "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
-                            "init_args": {
-                                "dirpath": str(tmp / run_dir / "checkpoints"),
-                                "save_last": True,
-                            },
-                        }
-                    ],
-                }
-            }
-        )
-    )
-    args = [
-        "fit",
-        "--config",
-        str(ROOT / "configs" / "debug.yaml"),
-        "--config",
-        str(local),
-        "--data.path",
-        str(image),
-        "--data.steps_per_epoch",
-        "2",
-        "--model.n_points",
-        "200",
-        "--trainer.max_steps",
-        str(steps),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        "--trainer.default_root_dir",  # where the config goes when the logger is off
-        str(tmp / run_dir),
-        *overrides,
-    ]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return train_entry().main(args)
 
 
 def test_point_positions_change_after_training_steps(tmp_path: Path) -> None:

@@ -1,0 +1,112 @@
+"""Helpers shared by the test modules: train.py's CLI on a tiny photo, and opcheck of both ops."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import torch
+import yaml
+from PIL import Image
+
+from models.data import DEFAULT_IMAGE
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 32
+
+
+def train_entry():
+    spec = importlib.util.spec_from_file_location("train_entry", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_photo(path: Path, size: int = SIZE) -> Path:
+    """A size x size crop of the bundled photo (the face: edges and flat parts)."""
+    with Image.open(DEFAULT_IMAGE) as photo:
+        photo.convert("RGB").crop((80, 40, 80 + 2 * size, 40 + 2 * size)).resize(
+            (size, size), Image.Resampling.LANCZOS
+        ).save(path)
+    return path
+
+
+def fit(tmp: Path, *overrides: str, run_dir: str = "run", steps: int = 4, size: int = SIZE):
+    """``python train.py fit --config configs/debug.yaml`` with logs and checkpoints in tmp."""
+    image = tmp / "photo.png"
+    if not image.exists():
+        tiny_photo(image, size)
+    local = tmp / f"{run_dir}.yaml"
+    local.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "logger": {
+                        "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                        "init_args": {
+                            "save_dir": str(tmp / run_dir),
+                            "name": "logs",
+                            "default_hp_metric": False,
+                        },
+                    },
+                    "callbacks": [
+                        {
+                            "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                            "init_args": {
+                                "dirpath": str(tmp / run_dir / "checkpoints"),
+                                "save_last": True,
+                            },
+                        }
+                    ],
+                }
+            }
+        )
+    )
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "debug.yaml"),
+        "--config",
+        str(local),
+        "--data.path",
+        str(image),
+        "--data.steps_per_epoch",
+        "2",
+        "--model.n_points",
+        "200",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.default_root_dir",  # where the config goes when the logger is off
+        str(tmp / run_dir),
+        *overrides,
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return train_entry().main(args)
+
+
+def opcheck_both_ops(args: list[torch.Tensor], weights: torch.Tensor, height: int, width: int):
+    """torch.library.opcheck of gmm_forward and of gmm_backward (with and without a weight-map
+    gradient) on inputs (points, values, cov3) and weights that require grad."""
+    torch.library.opcheck(
+        torch.ops.nuir.gmm_forward.default, (*args, weights, height, width, 3.0, 0.5)
+    )
+    image, weight = torch.ops.nuir.gmm_forward(*args, weights, height, width, 3.0, 0.5)
+    for grad_weight in (torch.randn_like(weight), None):
+        torch.library.opcheck(
+            torch.ops.nuir.gmm_backward.default,
+            (
+                torch.randn_like(image),
+                grad_weight,
+                image.detach(),
+                weight.detach(),
+                *(t.detach() for t in args),
+                weights.detach(),
+                3.0,
+            ),
+        )
