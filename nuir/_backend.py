@@ -10,6 +10,7 @@ turns a failed build into an error.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -25,13 +26,16 @@ NVCC_FLAGS = ["-O3", "-lineinfo"]
 
 
 def openmp_flags() -> list[str]:
-    """-fopenmp where PyTorch's own thread pool is OpenMP (its Linux wheels).
+    """-fopenmp where ATen's parallel backend is OpenMP and the compiler is GCC-like (Linux).
 
-    at::parallel_for is inline: without -fopenmp its ``#pragma omp parallel`` is dropped and every
-    "parallel" loop of the kernels runs on one thread. Linked with -fopenmp, the extension's
-    libgomp.so.1 resolves to the copy torch has already loaded, so torch.set_num_threads applies.
+    With that backend at::parallel_for is inline: without -fopenmp its ``#pragma omp parallel``
+    is dropped and every "parallel" loop of the kernels runs on one thread. Linked with -fopenmp,
+    the extension's libgomp.so.1 resolves to the copy torch has already loaded, so
+    torch.set_num_threads applies. (Apple's clang has no plain -fopenmp; there the loops stay
+    serial.)
     """
-    if torch.backends.openmp.is_available() and not torch.backends.mps.is_built():
+    openmp_backend = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+    if openmp_backend and sys.platform.startswith("linux"):
         return ["-fopenmp"]
     return []
 

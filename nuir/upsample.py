@@ -34,6 +34,16 @@ MODES = ("plain", "consistent")
 DEFAULT_SIGMA_SCALE = {"plain": 0.325, "consistent": 0.475}
 
 
+def _check_image(image: object) -> torch.Tensor:
+    """A floating-point [B, C, H, W] or [C, H, W] tensor, else an error naming ``image``."""
+    image = check_float_tensor("image", image)
+    if image.dim() not in (3, 4):
+        raise ValueError(
+            f"image must have shape [B, C, H, W] or [C, H, W], got {list(image.shape)}"
+        )
+    return image
+
+
 def upsample(
     image: torch.Tensor,
     scale_factor: float | tuple[float, float] | None = None,
@@ -75,11 +85,7 @@ def upsample(
         unrolled iterations (memory grows with ``iterations``); it is linear in ``image`` up to
         the data-dependent step sizes.
     """
-    image = check_float_tensor("image", image)
-    if image.dim() not in (3, 4):
-        raise ValueError(
-            f"image must have shape [B, C, h, w] or [C, h, w], got {list(image.shape)}"
-        )
+    image = _check_image(image)
     if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     unbatched = image.dim() == 3
@@ -279,11 +285,7 @@ def resample(image: torch.Tensor, size: tuple[int, int], filter: str = "box") ->
     Returns:
         [B, C, h, w] (or [C, h, w]).
     """
-    image = check_float_tensor("image", image)
-    if image.dim() not in (3, 4):
-        raise ValueError(
-            f"image must have shape [B, C, H, W] or [C, H, W], got {list(image.shape)}"
-        )
+    image = _check_image(image)
     if not isinstance(filter, str) or filter not in PIL_FILTERS:
         raise ValueError(f"filter must be one of {PIL_FILTERS}, got {filter!r}")
     out_h, out_w = check_size(size)

@@ -145,6 +145,31 @@ def mean_by(
     return {key: float(np.mean(values)) for key, values in groups.items()}
 
 
+METRIC_TITLES = (
+    ("l1", "mean L1 (0-255 scale, lower is better)"),
+    ("psnr", "mean PSNR in dB (higher is better)"),
+    ("ssim", "mean SSIM (higher is better)"),
+    ("seconds", "mean seconds per image"),
+)
+
+
+def metric_tables(
+    rows: list[dict[str, object]], column: str, columns: Sequence[object]
+) -> list[str]:
+    """One Markdown table per metric of METRIC_TITLES: methods (rows) x ``column`` values."""
+    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    blocks = []
+    for metric, title in METRIC_TITLES:
+        means = mean_by(rows, ("method", column), metric)
+        table = [
+            [m]
+            + [f"{means[(m, c)]:.4f}" if metric == "seconds" else means[(m, c)] for c in columns]
+            for m in methods
+        ]
+        blocks.append(f"{title}\n\n" + markdown_table(["method", *columns], table))
+    return blocks
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown table; floats printed with 2 decimals (3 for values below 1)."""
 

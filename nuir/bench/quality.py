@@ -33,6 +33,7 @@ from nuir.bench._common import (
     image_metrics,
     markdown_table,
     mean_by,
+    metric_tables,
     pil_resize,
     pyplot,
     save_figure,
@@ -174,19 +175,7 @@ def evaluate(
 
 def summary_tables(rows: list[dict[str, object]], factors: list[int]) -> str:
     """Mean L1 / PSNR / SSIM tables (method x factor) and the mean time per image."""
-    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
-    blocks = []
-    for metric, title in (
-        ("l1", "mean L1 (0-255 scale, lower is better)"),
-        ("psnr", "mean PSNR in dB (higher is better)"),
-        ("ssim", "mean SSIM (higher is better)"),
-        ("seconds", "mean seconds per image"),
-    ):
-        means = mean_by(rows, ("method", "factor"), metric)
-        table = [[m] + [means[(m, f)] for f in factors] for m in methods]
-        if metric == "seconds":
-            table = [[m] + [f"{means[(m, f)]:.3f}" for f in factors] for m in methods]
-        blocks.append(f"{title}\n\n" + markdown_table(["method"] + factors, table))
+    blocks = metric_tables(rows, "factor", factors)
     l1 = mean_by(rows, ("method", "factor"), "l1")
     best_pil = {f: min(PIL_METHODS, key=lambda m: l1[(m, f)]) for f in factors}
     gains = [

@@ -44,6 +44,7 @@ from nuir.bench._common import (
     limit_scipy_blas_threads,
     markdown_table,
     mean_by,
+    metric_tables,
     pyplot,
     save_figure,
     timed,
@@ -342,19 +343,7 @@ def evaluate(
 
 def summary_tables(rows: list[dict[str, object]], patterns: list[str]) -> str:
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
-    blocks = []
-    for metric, title in (
-        ("l1", "mean L1 (0-255 scale, lower is better)"),
-        ("psnr", "mean PSNR in dB"),
-        ("ssim", "mean SSIM"),
-        ("seconds", "mean seconds per image"),
-    ):
-        means = mean_by(rows, ("method", "pattern"), metric)
-        if metric == "seconds":
-            table = [[m] + [f"{means[(m, p)]:.4f}" for p in patterns] for m in methods]
-        else:
-            table = [[m] + [means[(m, p)] for p in patterns] for m in methods]
-        blocks.append(f"{title}\n\n" + markdown_table(["method"] + patterns, table))
+    blocks = metric_tables(rows, "pattern", patterns)
     if "griddata-linear" in methods:
         l1 = mean_by(rows, ("method", "pattern"), "l1")
         speed = speedups(rows)
