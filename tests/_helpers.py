@@ -10,6 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
+import nuir
 from models.data import DEFAULT_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,3 +111,19 @@ def opcheck_both_ops(args: list[torch.Tensor], weights: torch.Tensor, height: in
                 3.0,
             ),
         )
+
+
+def gradcheck_interpolate(points, values, kwargs: dict, size, cutoff: float, device) -> bool:
+    """torch.autograd.gradcheck of nuir.interpolate (image and weight map) with respect to the
+    points, the values and every tensor of kwargs (sigma, cov, weights), in float64 on device."""
+    if "weights" in kwargs:  # finite differences must not step a zero weight below zero
+        kwargs = dict(kwargs, weights=kwargs["weights"] + 0.2)
+    names = sorted(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
+
+    def fn(p, v, *tensors):
+        kw = dict(kwargs, **dict(zip(names, tensors)))
+        return nuir.interpolate(p, v, size, cutoff=cutoff, return_weight=True, **kw)
+
+    inputs = [points, values, *(kwargs[k] for k in names)]
+    inputs = [t.to(device).clone().requires_grad_() for t in inputs]
+    return torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)

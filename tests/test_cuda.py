@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from _helpers import opcheck_both_ops
+from _helpers import gradcheck_interpolate, opcheck_both_ops
 
 import nuir
 from nuir import reference
@@ -261,18 +261,7 @@ def test_gradcheck_float64(cuda_op, form, cutoff):
     points, values, kwargs = make_case(
         form, batch=1, n=6, channels=2, size=(5, 6), seed=3, cutoff=cutoff
     )
-    if "weights" in kwargs:  # finite differences must not step a zero weight below zero
-        kwargs["weights"] = kwargs["weights"] + 0.2
-    names = sorted(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
-
-    def fn(p, v, *tensors):
-        kw = dict(kwargs, **dict(zip(names, tensors)))
-        image, weight = nuir.interpolate(p, v, (5, 6), cutoff=cutoff, return_weight=True, **kw)
-        return image, weight
-
-    inputs = [points, values, *(kwargs[k] for k in names)]
-    inputs = [t.to(CUDA).requires_grad_() for t in inputs]
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert gradcheck_interpolate(points, values, kwargs, (5, 6), cutoff, CUDA)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _helpers import opcheck_both_ops
+from _helpers import gradcheck_interpolate, opcheck_both_ops
 
 import nuir
 from nuir import reference
@@ -157,18 +157,7 @@ def test_half_inputs_on_cpu_are_computed_in_float32(compiled):
 @pytest.mark.parametrize("cutoff", [math.inf, 2.5])
 def test_gradcheck_float64(compiled, form, cutoff):
     points, values, kwargs = make_case(form, batch=1, n=6, channels=2, size=(5, 6), seed=3)
-    if "weights" in kwargs:  # finite differences must not step a zero weight below zero
-        kwargs["weights"] = kwargs["weights"] + 0.2
-    names = sorted(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
-
-    def fn(p, v, *tensors):
-        kw = dict(kwargs, **dict(zip(names, tensors)))
-        image, weight = nuir.interpolate(p, v, (5, 6), cutoff=cutoff, return_weight=True, **kw)
-        return image, weight
-
-    inputs = [points, values, *(kwargs[k] for k in names)]
-    inputs = [t.clone().requires_grad_() for t in inputs]
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert gradcheck_interpolate(points, values, kwargs, (5, 6), cutoff, "cpu")
 
 
 def test_opcheck(compiled):
