@@ -145,10 +145,6 @@ class TrainingClock(Callback):
             self.turns.pass_on(self.curve.name)
             self.turns.wait(self.curve.name)
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self.turns is not None:
-            self.turns.finish(self.curve.name)
-
     @torch.no_grad()
     def score(self, trainer, system: ImplicitImageSystem, target: torch.Tensor) -> None:
         reconstruction = system.reconstruct().clamp(0, 1)
