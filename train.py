@@ -1,15 +1,10 @@
 """Train an implicit image: ``python train.py fit --config configs/default.yaml``."""
 
-from pytorch_lightning.cli import LightningCLI
-
-from models.data import ImageDataModule
-from models.system import ImplicitImageSystem
+from models.cli import ImplicitImageCLI
 
 
-def main(args: list[str] | None = None) -> LightningCLI:
-    return LightningCLI(
-        ImplicitImageSystem, ImageDataModule, save_config_kwargs={"overwrite": True}, args=args
-    )
+def main(args: list[str] | None = None) -> ImplicitImageCLI:
+    return ImplicitImageCLI(args=args)
 
 
 if __name__ == "__main__":

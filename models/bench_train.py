@@ -1,33 +1,38 @@
-"""Training benchmark: sparse against dense training at equal wall-clock time.
+"""Training benchmark: sparse and dense training of the same network at equal wall time.
 
     python -m models.bench_train --budget 300
 
-Every variant is built from a config through LightningCLI (exactly as ``train.py`` builds it), then
-fitted by a Lightning Trainer for ``--budget`` seconds of training-step time. Every
-``--eval-every`` seconds the clock pauses and the model's full-image reconstruction is scored (PSNR
-against the target), so the evaluations cost the variant nothing; the learning-rate schedule runs on
-the same clock. The variants take turns in slices of ``--slice`` seconds (each in its own thread,
-one running at a time), so a change in the machine's load hits them alike. Variants (same network,
-same photo):
+Every variant is built from a config through the same CLI as ``train.py``, then fitted by a
+Lightning Trainer for ``--budget`` seconds of training-step time. Every ``--eval-every`` seconds the
+clock pauses and the model is scored, so scoring costs the variant nothing; the learning-rate
+schedule runs on the same clock. The variants take turns in slices of ``--slice`` seconds (each in
+its own thread, one running at a time), so a change in the machine's load hits them alike.
+Variants (same network unless said, same photo):
 
-- ``sparse``:       the network at N learnable points + ``nuir.interpolate`` (configs/default.yaml)
-- ``dense``:        the network at every pixel (configs/dense.yaml)
-- ``dense_random``: the network at N random pixels per step (configs/dense.yaml, mode
-  dense_random)
+- ``implicit``:           the main job (configs/default.yaml): the implicit objective, adaptive
+                          points
+- ``implicit_static``:    the same with the points' adaptation off (a static grid)
+- ``reconstruction``:     the reconstruction objective (the model is the point set)
+- ``dense``:              the network at every pixel per step (configs/dense.yaml)
+- ``dense_random``:       the network at N random pixels per step
+- ``dense_random_wide``:  the same with the network widened to the sparse model's parameter count
+                          (network + 3 per point: x, y, sigma)
 
-Prints a table (PSNR against wall time and network evaluations), writes the curves as CSV and a
-plot (PSNR against time and against evaluations) into ``--out``, then runs the render benchmark of
-``models.render`` (sparse against dense rendering at 1x, 2x, 4x) on the trained networks.
-Speed figures are only meaningful against each other within one run on one machine.
+Scores: the network's dense PSNR against the photo (the implicit image: what training leaves
+behind) and, for the sparse variants, the PSNR of the reconstruction from the points. Prints a
+table with parameter counts, steps and network evaluations; writes the curves (CSV) and plots of
+the network's PSNR against wall time and against network evaluations into ``--out``; then times
+the renders of the implicit model (``models.bench_render``). Speed figures are only meaningful
+against each other within one run on one machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import platform
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,30 +41,37 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.cli import LightningCLI
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from models.data import ImageDataModule
+from models.bench_render import benchmark_render, render_table
+from models.cli import build
 from models.system import ImplicitImageSystem
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = {
-    "sparse": (ROOT / "configs" / "default.yaml", []),
-    "dense": (ROOT / "configs" / "dense.yaml", []),
-    "dense_random": (ROOT / "configs" / "dense.yaml", ["--model.mode", "dense_random"]),
+SPARSE, DENSE = ROOT / "configs" / "default.yaml", ROOT / "configs" / "dense.yaml"
+VARIANTS: dict[str, tuple[Path, list[str]]] = {
+    "implicit": (SPARSE, []),
+    "implicit_static": (SPARSE, ["--model.adapt_interval=0", "--model.max_points=null"]),
+    "reconstruction": (
+        SPARSE,
+        ["--model.objective=reconstruction", "--model.adapt_interval=0", "--model.max_points=null"],
+    ),
+    "dense": (DENSE, []),
+    "dense_random": (DENSE, ["--model.mode=dense_random"]),
+    "dense_random_wide": (DENSE, ["--model.mode=dense_random"]),  # width set in main()
 }
 
 
 @dataclass
 class Curve:
-    """PSNR of one variant's reconstruction over its training time."""
+    """A variant's scores over its training time."""
 
     name: str
     seconds: list[float] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     evaluations: list[int] = field(default_factory=list)
-    psnr: list[float] = field(default_factory=list)
     psnr_network: list[float] = field(default_factory=list)
+    psnr_reconstruction: list[float] = field(default_factory=list)
 
 
 class Turns:
@@ -147,32 +159,16 @@ class TrainingClock(Callback):
 
     @torch.no_grad()
     def score(self, trainer, system: ImplicitImageSystem, target: torch.Tensor) -> None:
-        reconstruction = system.reconstruct().clamp(0, 1)
-        psnr = float(peak_signal_noise_ratio(reconstruction, target, data_range=1.0))
-        network = system.network_image().clamp(0, 1) if system.mode == "sparse" else None
+        network = float(peak_signal_noise_ratio(system.network_image().clamp(0, 1), target, 1.0))
+        reconstruction = math.nan
+        if system.point_set is not None:
+            image = system.reconstruct().clamp(0, 1)
+            reconstruction = float(peak_signal_noise_ratio(image, target, 1.0))
         self.curve.seconds.append(self.elapsed)
         self.curve.steps.append(int(trainer.global_step))
         self.curve.evaluations.append(int(system.network_evaluations))
-        self.curve.psnr.append(psnr)
-        self.curve.psnr_network.append(
-            psnr if network is None else float(peak_signal_noise_ratio(network, target, 1.0))
-        )
-
-
-def build(config: Path, overrides: list[str]) -> tuple[ImplicitImageSystem, ImageDataModule]:
-    """The system and data of a config, built by LightningCLI as train.py builds them."""
-    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI must read args, not this command
-    try:
-        cli = LightningCLI(
-            ImplicitImageSystem,
-            ImageDataModule,
-            args=["--config", str(config), *overrides],
-            run=False,
-            save_config_callback=None,
-        )
-    finally:
-        sys.argv = argv
-    return cli.model, cli.datamodule
+        self.curve.psnr_network.append(network)
+        self.curve.psnr_reconstruction.append(reconstruction)
 
 
 def make_trainer(clock: TrainingClock, accelerator: str) -> pl.Trainer:
@@ -207,8 +203,9 @@ def train_variants(
     turns = Turns([name for name, _, _ in built]) if slice_s > 0 else None
     failures: list[BaseException] = []
 
-    def fit(name: str, system: ImplicitImageSystem, data: ImageDataModule) -> None:
+    def fit(name: str, system: ImplicitImageSystem, data) -> None:
         clock = TrainingClock(curves[name], budget_s, eval_every_s, turns, slice_s)
+        system.show_summary = False
         try:
             make_trainer(clock, accelerator).fit(system, datamodule=data)
         except BaseException as exc:  # reported after the other variants finish
@@ -233,17 +230,33 @@ def train_variants(
     return [curves[name] for name, _, _ in built], {name: system for name, system, _ in built}
 
 
+def parameter_counts(system: ImplicitImageSystem) -> tuple[int, int]:
+    """(network parameters, per-point parameters: x, y and sigma of every slot of the set)."""
+    network = sum(p.numel() for p in system.network.parameters())
+    points = 0 if system.point_set is None else 3 * system.point_set.capacity
+    return network, points
+
+
+def siren_width_for(parameters: int, hidden_layers: int, channels: int) -> int:
+    """The hidden width of a SIREN (2 -> C) with about ``parameters`` parameters."""
+    # 3w + L (w^2 + w) + (w + 1) C = parameters, for w.
+    a, b, c = hidden_layers, 3 + hidden_layers + channels, channels - parameters
+    return max(1, round((-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)))
+
+
 def write_csv(curves: list[Curve], path: Path) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["variant", "seconds", "steps", "network_evaluations", "psnr", "psnr_net"])
+        writer.writerow(
+            ["variant", "seconds", "steps", "network_evaluations", "psnr_network", "psnr_rec"]
+        )
         for curve in curves:
             for row in zip(
                 curve.seconds,
                 curve.steps,
                 curve.evaluations,
-                curve.psnr,
                 curve.psnr_network,
+                curve.psnr_reconstruction,
             ):
                 writer.writerow(
                     [curve.name, f"{row[0]:.2f}", row[1], row[2], f"{row[3]:.3f}", f"{row[4]:.3f}"]
@@ -258,31 +271,72 @@ def plot(curves: list[Curve], path: Path, title: str) -> None:
 
     figure, (by_time, by_evals) = plt.subplots(1, 2, figsize=(11, 4.2))
     for curve in curves:
-        by_time.plot(curve.seconds, curve.psnr, marker=".", label=curve.name)
-        by_evals.plot(curve.evaluations, curve.psnr, marker=".", label=curve.name)
+        by_time.plot(curve.seconds, curve.psnr_network, marker=".", label=curve.name)
+        by_evals.plot(curve.evaluations, curve.psnr_network, marker=".", label=curve.name)
     by_time.set_xlabel("training wall time (s)")
     by_evals.set_xlabel("network evaluations")
     by_evals.set_xscale("log")
     for axis in (by_time, by_evals):
-        axis.set_ylabel("PSNR of the reconstruction (dB)")
+        axis.set_ylabel("PSNR of the network at every pixel (dB)")
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize=8)
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
-def psnr_at(curve: Curve, seconds: float) -> float:
-    """PSNR at the last evaluation not later than ``seconds``."""
-    best = float("nan")
-    for t, p in zip(curve.seconds, curve.psnr):
+def value_at(curve: Curve, values: list[float], seconds: float) -> float:
+    """The value at the last evaluation not later than ``seconds``."""
+    best = math.nan
+    for t, value in zip(curve.seconds, values):
         if t <= seconds + 1e-9:
-            best = p
+            best = value
     return best
 
 
-def main(argv: list[str] | None = None) -> int:
+def results_table(curves: list[Curve], systems: dict, budget: float) -> str:
+    fractions = (0.25, 0.5, 1.0)
+    lines = [
+        "| variant | network params | per-point params | steps | network evals | "
+        + " | ".join(f"network PSNR @ {f * budget:.0f} s" for f in fractions)
+        + " | reconstruction PSNR |",
+        "|" + "---|" * (6 + len(fractions)),
+    ]
+    for curve in curves:
+        network, points = parameter_counts(systems[curve.name])
+        reconstruction = curve.psnr_reconstruction[-1]
+        cells = [
+            curve.name,
+            f"{network:,}",
+            f"{points:,}" if points else "-",
+            str(curve.steps[-1]),
+            f"{curve.evaluations[-1]:.3g}",
+            *(f"{value_at(curve, curve.psnr_network, f * budget):.2f}" for f in fractions),
+            "-" if math.isnan(reconstruction) else f"{reconstruction:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def variant_list(names: list[str], overrides: list[str]) -> list[tuple[str, Path, list[str]]]:
+    """(name, config, overrides) per variant; the wide one sized after the implicit model."""
+    variants = []
+    for name in names:
+        config, own = VARIANTS[name]
+        extra = list(own) + list(overrides)
+        if name == "dense_random_wide":
+            reference, _ = build(SPARSE, list(overrides))
+            network, points = parameter_counts(reference)
+            siren = reference.network
+            layers = len(siren.body) - 1 if hasattr(siren, "body") else 3
+            width = siren_width_for(network + points, layers, siren.out_features)
+            extra.append(f"--model.network.init_args.hidden_features={width}")
+        variants.append((name, config, extra))
+    return variants
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m models.bench_train",
         description=__doc__,
@@ -296,15 +350,13 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds of training between evaluations (default budget / 20)",
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--sparse-config", type=Path, default=VARIANTS["sparse"][0])
-    parser.add_argument("--dense-config", type=Path, default=VARIANTS["dense"][0])
     parser.add_argument(
         "--override",
         action="append",
         default=[],
         metavar="ARG",
-        help="an extra LightningCLI argument for every variant, repeatable: "
-        "--override=--data.path=my.png --override=--model.n_points=20000",
+        help="an extra CLI argument for every variant, repeatable: "
+        "--override=--data.path=my.png --override=--trainer.accelerator=gpu",
     )
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument(
@@ -315,16 +367,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--render-scales",
-        type=int,
+        type=float,
         nargs="*",
-        default=[1, 2, 4],
-        help="render benchmark scales after training (none to skip)",
+        default=[2, 4, 8],
+        help="render benchmark scales for the implicit model after training (none to skip)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench_out/train"))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     eval_every = args.eval_every or args.budget / 20
     args.out.mkdir(parents=True, exist_ok=True)
-
     device = (
         torch.cuda.get_device_name()
         if torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
@@ -334,67 +389,26 @@ def main(argv: list[str] | None = None) -> int:
         f"# training benchmark: {args.budget:.0f} s per variant on {device}, "
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}"
     )
-    variants = []
-    for name in args.variants:
-        config = args.sparse_config if name == "sparse" else args.dense_config
-        variants.append((name, config, VARIANTS[name][1] + list(args.override)))
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    variants = variant_list(args.variants, args.override)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
     curves, systems = train_variants(
         variants, args.budget, eval_every, args.accelerator, args.slice
     )
-    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
     schedule = f"interleaved in {args.slice:g} s slices" if args.slice > 0 else "run in turn"
-    print(f"variants {schedule}; load average {load_before:.2f} before, {load_after:.2f} after")
-
-    checkpoints = sorted({0.25, 0.5, 1.0})
-    header = (
-        "| variant | steps | steps/s | network evals | "
-        + " | ".join(f"PSNR @ {fraction * args.budget:.0f} s" for fraction in checkpoints)
-        + " |"
-    )
-    print()
-    print(header)
-    print("|" + "---|" * (4 + len(checkpoints)))
-    for curve in curves:
-        cells = [
-            curve.name,
-            str(curve.steps[-1]),
-            f"{curve.steps[-1] / curve.seconds[-1]:.2f}",
-            f"{curve.evaluations[-1]:.3g}",
-            *(f"{psnr_at(curve, f * args.budget):.2f}" for f in checkpoints),
-        ]
-        print("| " + " | ".join(cells) + " |")
-    if "sparse" in systems:
-        sparse = next(c for c in curves if c.name == "sparse")
-        print(
-            f"\nsparse: PSNR of the network evaluated densely (not the model's image): "
-            f"{sparse.psnr_network[-1]:.2f} dB"
-        )
-        for curve in curves:
-            if curve.name != "sparse":
-                print(
-                    f"sparse - {curve.name}: {sparse.psnr[-1] - curve.psnr[-1]:+.2f} dB "
-                    f"at {args.budget:.0f} s"
-                )
+    print(f"variants {schedule}; load average {load_before:.2f} before, {load_after:.2f} after\n")
+    print(results_table(curves, systems, args.budget))
     write_csv(curves, args.out / "train_curves.csv")
-    plot(
-        curves,
-        args.out / "train_psnr.png",
-        f"Sparse vs dense training, {args.budget:.0f} s each, {device}",
-    )
+    plot(curves, args.out / "train_psnr.png", f"{args.budget:.0f} s per variant, {device}")
     print(f"\nwrote {args.out / 'train_curves.csv'} and {args.out / 'train_psnr.png'}")
 
-    if args.render_scales:
-        from models.render import benchmark_render, print_render_table
-
-        for name, system in systems.items():
-            if name == "dense_random":
-                continue
-            rows = benchmark_render(system, args.render_scales)
-            print(f"\n## render benchmark: network trained {name}")
-            print_render_table(rows)
+    renderable = [name for name in ("implicit", "dense") if name in systems]
+    if args.render_scales and renderable:
+        rows = benchmark_render(systems[renderable[0]], args.render_scales, ["adaptive", "grid"])
+        print(f"\n## render benchmark: the network trained {renderable[0]}")
+        print(render_table(rows))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

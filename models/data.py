@@ -1,28 +1,25 @@
 """The data side of training an implicit image: one target image, served every step.
 
-``load_image`` reads PNG / JPEG / TIFF / anything Pillow reads, 8- or 16-bit, grey, grey+alpha,
-RGB or RGBA, into a float tensor [C, H, W] in [0, 1]. TIFF goes through tifffile (any bit depth);
-everything else through Pillow. ``ImageDataModule`` loads it when constructed, so a missing or
-unreadable file stops the run before any training, with a message naming the path.
+``ImageDataModule`` reads the image (``nuir.image_files``: PNG / JPEG / TIFF / anything Pillow
+reads, 8- or 16-bit, grey, grey+alpha, RGB or RGBA) when constructed, so a missing or unreadable
+file stops the run before any training, with a message naming the path.
 """
 
 from __future__ import annotations
 
 import os
-import struct
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-DEFAULT_IMAGE = Path(__file__).resolve().parent / "assets" / "astronaut_256.png"
+from nuir.image_files import load_image as _load_file
+from nuir.image_files import resolve_image_path as _resolve_file
 
-_TIFF_SUFFIXES = (".tif", ".tiff")
-_SKIMAGE_PREFIX = "skimage:"
+DEFAULT_IMAGE = Path(__file__).resolve().parent / "assets" / "astronaut_256.png"
 
 
 def resolve_image_path(path: str | os.PathLike | None) -> Path:
@@ -31,129 +28,12 @@ def resolve_image_path(path: str | os.PathLike | None) -> Path:
     anything else -> that file."""
     if path is None or str(path) == "":
         return DEFAULT_IMAGE
-    text = str(path)
-    if not text.startswith(_SKIMAGE_PREFIX):
-        return Path(text).expanduser()
-    import skimage
-
-    name = text[len(_SKIMAGE_PREFIX) :]
-    data_dir = Path(skimage.__file__).resolve().parent / "data"
-    matches = sorted(
-        p
-        for p in data_dir.glob(f"{name}*")
-        if p.stem == name and p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-    )
-    if not matches:
-        shipped = sorted(
-            p.stem for p in data_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".tif")
-        )
-        raise FileNotFoundError(
-            f"{text}: scikit-image ships no image named {name!r} in {data_dir}; "
-            f"choose one of {', '.join(shipped)}"
-        )
-    return matches[0]
-
-
-def _png_bit_depth(path: Path) -> tuple[int, int] | None:
-    """(bit depth, colour type) from a PNG header, or None when the file is not a PNG."""
-    with open(path, "rb") as handle:
-        head = handle.read(26)
-    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n":
-        return None
-    return head[24], head[25]
-
-
-def _to_unit_float(array: np.ndarray, path: Path) -> np.ndarray:
-    """Integer or float pixels -> float32 in [0, 1], by the dtype's range."""
-    if array.dtype == np.bool_:
-        return array.astype(np.float32)
-    if np.issubdtype(array.dtype, np.integer):
-        info = np.iinfo(array.dtype)
-        if info.min < 0:
-            raise ValueError(f"{path}: signed integer pixels ({array.dtype}) are not supported")
-        return array.astype(np.float32) / float(info.max)
-    if np.issubdtype(array.dtype, np.floating):
-        array = array.astype(np.float32)
-        if not np.isfinite(array).all():
-            raise ValueError(f"{path}: the image contains NaN or infinite pixels")
-        return np.clip(array, 0.0, 1.0)
-    raise ValueError(f"{path}: unsupported pixel type {array.dtype}")
-
-
-def _read_with_pillow(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        image.load()
-        mode = image.mode
-        if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-            return np.asarray(image).astype(np.uint16)
-        if mode == "I":  # 32-bit container, used by Pillow for 16-bit greyscale PNGs
-            array = np.asarray(image)
-            if array.min() < 0 or array.max() > 65535:
-                raise ValueError(f"{path}: 32-bit integer pixels outside [0, 65535]")
-            return array.astype(np.uint16)
-        if mode == "F":
-            return np.asarray(image).astype(np.float32)
-        if mode in ("1", "L", "LA", "RGB", "RGBA"):
-            return np.asarray(image)
-        if mode == "P":
-            has_alpha = "transparency" in image.info
-            return np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
-        if mode == "PA":
-            return np.asarray(image.convert("RGBA"))
-        return np.asarray(image.convert("RGB"))  # CMYK, YCbCr, LAB, HSV: to RGB
+    return _resolve_file(path)
 
 
 def load_image(path: str | os.PathLike | None) -> torch.Tensor:
-    """Read an image file into a float32 tensor [C, H, W] in [0, 1].
-
-    ``path`` is resolved by :func:`resolve_image_path` (None: the bundled photo).
-    C is 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA), as stored. 8-bit pixels are divided by
-    255, 16-bit ones by 65535. TIFFs are read with tifffile; other formats with Pillow, which
-    reads 16-bit colour PNGs with 8-bit precision only (a warning says so).
-
-    Raises:
-        FileNotFoundError: the path does not exist.
-        ValueError: the path is not a file, or the file is not a readable image.
-    """
-    path = resolve_image_path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"image file not found: {path}")
-    if not path.is_file():
-        raise ValueError(f"image path is not a file: {path}")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"image file is not readable (permission denied): {path}")
-    try:
-        if path.suffix.lower() in _TIFF_SUFFIXES:
-            import tifffile
-
-            array = tifffile.imread(path)
-            if array.ndim == 3 and array.shape[0] in (1, 2, 3, 4) and array.shape[-1] > 4:
-                array = np.moveaxis(array, 0, -1)  # planar [C, H, W] storage
-        else:
-            png = _png_bit_depth(path)
-            if png is not None and png[0] == 16 and png[1] in (2, 4, 6):
-                warnings.warn(
-                    f"{path}: 16-bit colour PNG read with 8-bit precision (a Pillow limitation); "
-                    "save it as a 16-bit TIFF to keep every bit",
-                    stacklevel=2,
-                )
-            array = _read_with_pillow(path)
-    except (UnidentifiedImageError, OSError, ValueError, struct.error, SyntaxError) as exc:
-        if isinstance(exc, ValueError) and str(exc).startswith(str(path)):
-            raise
-        raise ValueError(f"cannot read image file {path}: {exc}") from exc
-    array = np.squeeze(array) if array.ndim > 3 else array
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(
-            f"{path}: expected a grey, grey+alpha, RGB or RGBA image, got pixel array of shape "
-            f"{array.shape}"
-        )
-    if array.shape[0] < 2 or array.shape[1] < 2:
-        raise ValueError(f"{path}: image is too small ({array.shape[0]}x{array.shape[1]})")
-    pixels = _to_unit_float(array, path)  # [H, W, C]
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+    """The image at ``path`` (None: the bundled photo) as float32 [C, H, W] in [0, 1]."""
+    return _load_file(resolve_image_path(path))
 
 
 class RepeatedImage(Dataset):

@@ -1,18 +1,23 @@
-"""Render a trained checkpoint to an image file at any resolution, sparsely or densely.
+"""Render a trained checkpoint to an image file at any size.
 
     python -m models.render runs/default/checkpoints/last.ckpt --scale 4 --out astronaut_4x.png
-    python -m models.render CKPT --size 8192 8192 --mode dense --out big.png
+    python -m models.render CKPT --size 8192 8192 --method dense --out big.tif --bits 16
 
-Sparse (default): the network is evaluated once at N points, then every tile of the output is
-reconstructed from them with ``nuir.interpolate``. The points are the trained ones for a checkpoint
-trained sparsely (positions and sigma rescaled to the output: x -> (x + 0.5) k - 0.5,
-sigma -> sigma k), and a grid of ``--grid-density`` points per training pixel otherwise. Dense: the
-network at every output pixel. Both work tile by tile (``--tile``), so memory stays bounded by the
-tile and the output array, even at 8192^2. The command prints the render time and, for a sparse
-render, the PSNR against the dense render (computed tile by tile; ``--no-compare`` skips it).
+Methods (``--method``):
 
-``--benchmark 1 2 4`` instead times sparse against dense rendering at those scales and prints a
-table (used by ``python -m models.bench_train``).
+- ``adaptive`` (default): the network evaluated on a grid of one sample per training pixel, and
+  on a grid twice as fine over the 8 x 8 blocks where training split its points (where the
+  network's error was high: the image's detail), values prefiltered so the mixture passes
+  through every sample
+  (``nuir.renderers.GridRenderer``). The cost hardly grows with the output size.
+- ``grid``: the same without the finer grid.
+- ``points``: the point set's own reconstruction (trained positions and sigma, rescaled), the
+  model of the ``reconstruction`` objective; at large scales it shows each Gaussian.
+- ``dense``: the network at every output pixel (the reference).
+
+Everything works tile by tile (``--tile``), so memory stays bounded by the tile and the output
+array. The command prints the render time and, unless ``--no-compare``, the PSNR against the dense
+render (computed tile by tile). The file is written only when the render is complete.
 """
 
 from __future__ import annotations
@@ -26,176 +31,93 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from models.checkpoint import load_system
 from models.system import ImplicitImageSystem
-from nuir.render import (
-    DenseRenderer,
-    SparseRenderer,
-    evaluate_network,
-    interpolating_values,
-    pixel_centres,
-    pixel_to_unit,
-    rescale_points,
-    tile_windows,
-)
+from nuir.geometry import pixel_to_unit, rescale_points, tile_windows
+from nuir.image_files import to_integers, write_image
+from nuir.renderers import DenseRenderer, GridRenderer, PointRenderer, evaluate_network
+
+METHODS = ("adaptive", "grid", "points", "dense")
 
 
-def load_system(checkpoint: str | Path, device: str = "cpu") -> ImplicitImageSystem:
-    """A trained system from a Lightning checkpoint written by train.py, in eval mode."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    system = ImplicitImageSystem.load_from_checkpoint(path, map_location=device)
-    if not bool(system.initialised):
-        raise ValueError(f"{path}: the checkpoint holds an untrained system (no image size)")
-    return system.eval()
+def detail_levels(system: ImplicitImageSystem, block: int = 8, max_level: int = 1) -> torch.Tensor:
+    """Per block of ``block`` x ``block`` training pixels, the finest grid level it needs: one
+    level finer for every two times training split a point there (each split halves a cell's
+    area), starting at the first split. Blocks where no point split keep the base grid.
+
+    Returns:
+        [ceil(H / block), ceil(W / block)] int64 (all 0 without a point set).
+    """
+    height, width = system.size
+    shape = (math.ceil(height / block), math.ceil(width / block))
+    if system.point_set is None or max_level == 0:
+        return torch.zeros(shape, dtype=torch.int64)
+    count = system.point_set.count
+    points = system.points.detach().cpu()
+    cells = system.point_set.cell[:count].detach().cpu().double()
+    halvings = torch.log2(float(system.initial_spacing) / cells.clamp_min(1e-6))  # 0.5 per split
+    level = torch.floor(halvings + 0.5 + 1e-6).clamp(0, max_level).long()
+    column = ((points[:, 0] + 0.5).clamp(0, width - 1) / block).long()  # block of its pixel
+    row = ((points[:, 1] + 0.5).clamp(0, height - 1) / block).long()
+    levels = torch.zeros(shape[0] * shape[1], dtype=torch.int64)
+    levels.scatter_reduce_(0, row * shape[1] + column, level, reduce="amax")
+    return levels.reshape(shape)
 
 
-def sparse_renderer(
+def renderer_for(
     system: ImplicitImageSystem,
     size: tuple[int, int],
-    points: str = "auto",
+    method: str = "adaptive",
     *,
-    grid_density: float = 1.0,
-    sigma_scale: float = 0.5,
+    spacing: float = 1.0,
+    max_level: int = 1,
+    block: int = 8,
+    sigma: float = 0.5,
     prefilter: int = 3,
     chunk_size: int = 65536,
-) -> SparseRenderer:
-    """The sparse renderer of a system on an output raster of ``size`` (evaluates the network).
-
-    Args:
-        points: ``"trained"`` (the system's own points and sigma, rescaled; sparse checkpoints
-            only: this reproduces the model's training reconstruction at any size), ``"grid"``
-            (a regular grid of ``grid_density`` points per training pixel and axis, sigma =
-            ``sigma_scale`` grid spacings) or ``"auto"`` (trained if the system has points).
-        prefilter: grid only: iterations of :func:`nuir.render.interpolating_values`, so the
-            interpolation passes through the network's values at the grid points instead of
-            blurring them (0 = plain values).
-    """
-    if points not in ("auto", "trained", "grid"):
-        raise ValueError(f"points must be 'auto', 'trained' or 'grid', got {points!r}")
-    train_size = system.size
-    has_points = system.mode == "sparse"
-    if points == "trained" and not has_points:
-        raise ValueError(f"points='trained' needs a sparse checkpoint, this one is {system.mode}")
-    if points == "trained" or (points == "auto" and has_points):
+):
+    """The renderer of a trained system on an output raster of ``size`` (evaluates the network
+    where the method needs it): see the module docstring for the methods."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "dense":
+        return DenseRenderer(system.network, size, chunk_size=chunk_size)
+    if method == "points":
+        if system.point_set is None:
+            raise ValueError(f"method 'points' needs a sparse checkpoint, not {system.mode}")
+        train_size = system.size
         scale = torch.tensor([size[1] / train_size[1], size[0] / train_size[0]])  # (x, y)
         positions = rescale_points(system.points.detach().float().cpu(), train_size, size)
-        sigma = system.sigma().detach().float().cpu()[:, None] * scale  # [N, 2]
-        return SparseRenderer(
-            system.network, positions, sigma, size, cutoff=system.cutoff, chunk_size=chunk_size
+        values = evaluate_network(
+            system.network, pixel_to_unit(system.points.detach(), train_size), chunk_size
         )
-    if not grid_density > 0:
-        raise ValueError(f"grid_density must be > 0, got {grid_density!r}")
-    if not sigma_scale > 0:
-        raise ValueError(f"sigma_scale must be > 0, got {sigma_scale!r}")
-    grid_size = (
-        max(1, round(train_size[0] * grid_density)),
-        max(1, round(train_size[1] * grid_density)),
-    )
-    device, dtype = system.device, system.coordinate_dtype
-    centres = pixel_centres((0, 0, *grid_size), dtype=dtype, device=device)  # [N, 2]
-    values = evaluate_network(system.network, pixel_to_unit(centres, grid_size), chunk_size)
-    if prefilter > 0:
-        samples = values.T.reshape(-1, *grid_size)  # [C, h, w]
-        fitted = interpolating_values(
-            samples, sigma_scale, iterations=prefilter, cutoff=system.cutoff
+        renderer = PointRenderer(
+            positions.to(values),
+            (system.sigma().detach().float().cpu()[:, None] * scale).to(values),
+            values,
+            cutoff=system.cutoff,
         )
-        values = fitted.reshape(samples.shape[0], -1).T  # [N, C]
-    positions = rescale_points(centres, grid_size, size)
-    spacing = torch.tensor([size[1] / grid_size[1], size[0] / grid_size[0]], dtype=dtype)
-    sigma = (sigma_scale * spacing).to(device).expand(positions.shape[0], 2)
-    renderer = SparseRenderer(
-        system.network, positions, sigma, size, cutoff=system.cutoff, values=values
+        renderer.evaluations = positions.shape[0]
+        return renderer
+    levels = detail_levels(system, block, max_level if method == "adaptive" else 0)
+    return GridRenderer(
+        system.network,
+        system.size,
+        size,
+        levels=levels,
+        block=block,
+        spacing=spacing,
+        sigma=sigma,
+        prefilter=prefilter,
+        cutoff=system.cutoff,
+        chunk_size=chunk_size,
     )
-    renderer.evaluations = positions.shape[0]
-    return renderer
 
 
-@dataclass
-class RenderResult:
-    seconds: float
-    evaluations: int
-    compare_seconds: float = float("nan")
-    psnr_vs_dense: float = float("nan")
-
-
-def _to_integers(tile: torch.Tensor, bits: int) -> np.ndarray:
-    """[C, h, w] float in [0, 1] -> [h, w, C] uint8 / uint16."""
-    peak = (1 << bits) - 1
-    scaled = (tile.clamp(0, 1) * peak).round().permute(1, 2, 0).cpu().numpy()
-    return scaled.astype(np.uint8 if bits == 8 else np.uint16)
-
-
-def render_to_array(
-    renderer,
-    size: tuple[int, int],
-    channels: int,
-    *,
-    tile_size: int,
-    bits: int = 8,
-    compare: DenseRenderer | None = None,
-    device: str = "cpu",
-) -> tuple[np.ndarray, RenderResult]:
-    """Render tile by tile into an integer array [H, W, C]; optionally the PSNR against
-    ``compare`` (a dense renderer), accumulated over tiles so nothing full-size is kept.
-
-    ``renderer`` is a SparseRenderer / DenseRenderer or a callable building one (timed too).
-    """
-    height, width = size
-    out = np.zeros((height, width, channels), dtype=np.uint8 if bits == 8 else np.uint16)
-    started = time.perf_counter()
-    if not hasattr(renderer, "render_tile"):
-        renderer = renderer()
-    seconds = time.perf_counter() - started
-    squared_error, compare_seconds = 0.0, 0.0
-    for window in tile_windows(size, tile_size):
-        row0, col0, h, w = window
-        started = time.perf_counter()
-        tile = renderer.render_tile(window)  # [C, h, w]
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - started
-        out[row0 : row0 + h, col0 : col0 + w] = _to_integers(tile, bits)
-        if compare is not None:
-            started = time.perf_counter()
-            reference = compare.render_tile(window)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            compare_seconds += time.perf_counter() - started
-            difference = tile.clamp(0, 1).double() - reference.clamp(0, 1).double()
-            squared_error += float(difference.square().sum())
-    result = RenderResult(seconds, int(renderer.evaluations))
-    if compare is not None:
-        mse = squared_error / (height * width * channels)
-        result.compare_seconds = compare_seconds
-        result.psnr_vs_dense = math.inf if mse == 0 else -10.0 * math.log10(mse)
-    return out, result
-
-
-def save_png(array: np.ndarray, path: Path) -> None:
-    """[H, W, C] uint8 / uint16 -> PNG (16-bit only for one channel, a Pillow limit; 16-bit
-    colour goes to TIFF through tifffile when the suffix is .tif / .tiff)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        tifffile.imwrite(path, array if array.shape[-1] > 1 else array[..., 0])
-        return
-    if array.dtype == np.uint16 and array.shape[-1] != 1:
-        raise ValueError("16-bit colour needs a .tif / .tiff output (Pillow writes 16-bit grey)")
-    channels = array.shape[-1]
-    if channels == 1:
-        image = Image.fromarray(array[..., 0])
-    elif channels == 2:
-        image = Image.fromarray(array, mode="LA")
-    else:
-        image = Image.fromarray(array)
-    image.save(path)
-
-
-def output_size(system: ImplicitImageSystem, scale: float | None, size: list[int] | None):
+def output_size(
+    system: ImplicitImageSystem, scale: float | None, size: list[int] | None
+) -> tuple[int, int]:
     height, width = system.size
     if size is not None:
         if len(size) != 2 or min(size) < 1:
@@ -207,233 +129,61 @@ def output_size(system: ImplicitImageSystem, scale: float | None, size: list[int
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _timed_render(renderer, size: tuple[int, int], tile_size: int, device: str):
-    """(image [C, H, W] float, seconds, evaluations); ``renderer`` may be a builder (timed)."""
+@dataclass
+class RenderResult:
+    pixels: np.ndarray  # [H, W, C] uint8 / uint16
+    seconds: float  # building the renderer (network evaluations) and all tiles
+    evaluations: int
+    compare_seconds: float = float("nan")
+    psnr_vs_dense: float = float("nan")
+
+
+def _synchronise(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def render_to_array(
+    build,
+    size: tuple[int, int],
+    *,
+    tile_size: int,
+    bits: int = 8,
+    compare: DenseRenderer | None = None,
+    device: torch.device | None = None,
+) -> RenderResult:
+    """Render tile by tile into an integer array [H, W, C]; ``build()`` makes the renderer (its
+    network evaluations are timed with the tiles). With ``compare`` (a dense renderer), the PSNR
+    against it, accumulated over tiles so nothing full-size is kept in float."""
     started = time.perf_counter()
-    if not hasattr(renderer, "render_tile"):
-        renderer = renderer()
-    image = None
+    renderer = build()
+    _synchronise(device)
+    seconds = time.perf_counter() - started
+    pixels = None
+    squared_error, compare_seconds = 0.0, 0.0
     for window in tile_windows(size, tile_size):
         row0, col0, h, w = window
-        tile = renderer.render_tile(window)
-        if image is None:
-            image = tile.new_empty(tile.shape[0], *size)
-        image[:, row0 : row0 + h, col0 : col0 + w] = tile
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return image, time.perf_counter() - started, int(renderer.evaluations)
-
-
-def default_render_methods(system: ImplicitImageSystem) -> list[tuple[str, str, int]]:
-    """(label, points, prefilter iterations) of the sparse renders the benchmark times."""
-    if system.mode == "sparse":
-        return [("trained points", "trained", 0), ("grid", "grid", 0)]
-    return [("grid", "grid", 0), ("grid + prefilter 3", "grid", 3)]  # plain and the default
-
-
-def benchmark_render(
-    system: ImplicitImageSystem,
-    scales: list[float],
-    *,
-    methods: list[tuple[str, str, int]] | None = None,
-    tile_size: int = 1024,
-    grid_density: float = 1.0,
-    sigma_scale: float = 0.5,
-    chunk_size: int = 65536,
-) -> list[dict]:
-    """Sparse against dense rendering of one system at each scale, in one run on one machine.
-
-    The dense render is kept whole in memory for the comparison, so this is for moderate sizes
-    (the render command itself compares tile by tile).
-
-    Args:
-        methods: (label, points, prefilter) per sparse render, see :func:`sparse_renderer`;
-            default :func:`default_render_methods`.
-    Returns:
-        One dict per (scale, method): sizes, seconds, evaluations, speedup, PSNR vs dense.
-    """
-    system = system.eval()
-    device = str(system.device)
-    methods = methods or default_render_methods(system)
-    rows = []
-    with torch.no_grad():
-        for scale in scales:
-            size = output_size(system, scale, None)
-            dense_renderer = DenseRenderer(system.network, size, chunk_size=chunk_size)
-            dense, dense_s, dense_evaluations = _timed_render(
-                dense_renderer, size, tile_size, device
-            )
-            dense = dense.clamp(0, 1)
-            for label, points, prefilter in methods:
-
-                def build(size=size, points=points, prefilter=prefilter):
-                    return sparse_renderer(
-                        system,
-                        size,
-                        points,
-                        grid_density=grid_density,
-                        sigma_scale=sigma_scale,
-                        prefilter=prefilter,
-                        chunk_size=chunk_size,
-                    )
-
-                sparse, sparse_s, sparse_evaluations = _timed_render(build, size, tile_size, device)
-                mse = float((sparse.clamp(0, 1) - dense).double().square().mean())
-                rows.append(
-                    {
-                        "scale": scale,
-                        "size": size,
-                        "method": label,
-                        "dense_s": dense_s,
-                        "dense_evaluations": dense_evaluations,
-                        "sparse_s": sparse_s,
-                        "sparse_evaluations": sparse_evaluations,
-                        "speedup": dense_s / sparse_s,
-                        "psnr_vs_dense": math.inf if mse == 0 else -10 * math.log10(mse),
-                    }
-                )
-    return rows
-
-
-def print_render_table(rows: list[dict]) -> None:
-    print(
-        "| scale | output | sparse method | dense s | dense evals | sparse s | sparse evals | "
-        "speedup | PSNR sparse vs dense |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(
-            f"| {row['scale']:g}x | {row['size'][0]}x{row['size'][1]} | {row['method']} | "
-            f"{row['dense_s']:.3f} | {row['dense_evaluations']} | {row['sparse_s']:.3f} | "
-            f"{row['sparse_evaluations']} | {row['speedup']:.1f}x | "
-            f"{row['psnr_vs_dense']:.2f} dB |"
-        )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m models.render",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("checkpoint", type=Path, help="a .ckpt written by train.py")
-    parser.add_argument("--scale", type=float, default=None, help="output size / training size")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None)
-    parser.add_argument("--mode", choices=("sparse", "dense"), default="sparse")
-    parser.add_argument(
-        "--points",
-        choices=("auto", "trained", "grid"),
-        default="auto",
-        help="sparse points: trained ones, or a grid (default: trained if any)",
-    )
-    parser.add_argument(
-        "--grid-density",
-        type=float,
-        default=1.0,
-        help="grid points per training pixel along each axis",
-    )
-    parser.add_argument(
-        "--sigma-scale",
-        type=float,
-        default=0.5,
-        help="grid sigma as a fraction of the grid spacing",
-    )
-    parser.add_argument(
-        "--prefilter",
-        type=int,
-        default=3,
-        help="grid: iterations making the interpolation pass through the network's values",
-    )
-    parser.add_argument("--tile", type=int, default=1024, help="tile side in output pixels")
-    parser.add_argument("--chunk", type=int, default=65536, help="network evaluations per call")
-    parser.add_argument("--bits", type=int, choices=(8, 16), default=8)
-    parser.add_argument("--out", type=Path, default=None, help="output image (.png or .tif)")
-    parser.add_argument(
-        "--no-compare", action="store_true", help="sparse: skip the dense render used for the PSNR"
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--benchmark",
-        type=float,
-        nargs="+",
-        default=None,
-        metavar="SCALE",
-        help="time sparse against dense rendering at these scales instead",
-    )
-    args = parser.parse_args(argv)
-
-    system = load_system(args.checkpoint, args.device)
-    if args.benchmark:
-        methods = None
-        if args.points != "auto":
-            methods = [(f"{args.points}, prefilter {args.prefilter}", args.points, args.prefilter)]
-        rows = benchmark_render(
-            system,
-            args.benchmark,
-            methods=methods,
-            tile_size=args.tile,
-            grid_density=args.grid_density,
-            sigma_scale=args.sigma_scale,
-            chunk_size=args.chunk,
-        )
-        print(
-            f"# render benchmark: {args.checkpoint} (trained {system.mode}, "
-            f"{system.size[0]}x{system.size[1]}) on {args.device}"
-        )
-        print_render_table(rows)
-        return 0
-
-    size = output_size(system, args.scale, args.size)
-    probe = torch.zeros(1, 2, device=system.device, dtype=system.coordinate_dtype)
-    channels = int(system.network(probe).shape[-1])
-    with torch.no_grad():
-        if args.mode == "dense":
-            renderer = DenseRenderer(system.network, size, chunk_size=args.chunk)
-            compare = None
-        else:
-
-            def renderer():
-                return sparse_renderer(
-                    system,
-                    size,
-                    args.points,
-                    grid_density=args.grid_density,
-                    sigma_scale=args.sigma_scale,
-                    prefilter=args.prefilter,
-                    chunk_size=args.chunk,
-                )
-
-            compare = (
-                None
-                if args.no_compare
-                else DenseRenderer(system.network, size, chunk_size=args.chunk)
-            )
-        array, result = render_to_array(
-            renderer,
-            size,
-            channels,
-            tile_size=args.tile,
-            bits=args.bits,
-            compare=compare,
-            device=args.device,
-        )
-    print(
-        f"{args.mode} render {size[0]}x{size[1]} ({size[0] / system.size[0]:g}x the training "
-        f"size): {result.seconds:.3f} s, {result.evaluations} network evaluations"
-    )
+        started = time.perf_counter()
+        tile = renderer.render_tile(window)  # [C, h, w]
+        _synchronise(device)
+        seconds += time.perf_counter() - started
+        if pixels is None:
+            dtype = np.uint8 if bits == 8 else np.uint16
+            pixels = np.zeros((*size, tile.shape[0]), dtype=dtype)
+        pixels[row0 : row0 + h, col0 : col0 + w] = to_integers(tile, bits)
+        if compare is not None:
+            started = time.perf_counter()
+            reference = compare.render_tile(window)
+            _synchronise(device)
+            compare_seconds += time.perf_counter() - started
+            difference = tile.clamp(0, 1).double() - reference.clamp(0, 1).double()
+            squared_error += float(difference.square().sum())
+    result = RenderResult(pixels, seconds, int(renderer.evaluations))
     if compare is not None:
-        print(
-            f"dense render for comparison: {result.compare_seconds:.3f} s; "
-            f"PSNR sparse vs dense: {result.psnr_vs_dense:.2f} dB "
-            f"(speedup {result.compare_seconds / result.seconds:.1f}x)"
-        )
-    if args.out is not None:
-        save_png(array, args.out)
-        print(f"wrote {args.out}")
-    peak = peak_memory_mb()
-    if peak is not None:
-        print(f"peak resident memory of this process: {peak:.0f} MB")
-    return 0
+        mse = squared_error / pixels.size
+        result.compare_seconds = compare_seconds
+        result.psnr_vs_dense = math.inf if mse == 0 else -10.0 * math.log10(mse)
+    return result
 
 
 def peak_memory_mb() -> float | None:
@@ -444,6 +194,97 @@ def peak_memory_mb() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.render",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt written by train.py")
+    parser.add_argument("--scale", type=float, default=None, help="output size / training size")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    parser.add_argument("--method", choices=METHODS, default="adaptive")
+    parser.add_argument(
+        "--spacing", type=float, default=1.0, help="grid spacing in training pixels (grid methods)"
+    )
+    parser.add_argument(
+        "--max-level", type=int, default=1, help="adaptive: finest grid is spacing / 2**max_level"
+    )
+    parser.add_argument("--sigma", type=float, default=0.5, help="grid sigma in grid spacings")
+    parser.add_argument(
+        "--prefilter",
+        type=int,
+        default=3,
+        help="grid methods: iterations making the mixture pass through the network's samples",
+    )
+    parser.add_argument("--tile", type=int, default=1024, help="tile side in output pixels")
+    parser.add_argument("--chunk", type=int, default=65536, help="network evaluations per call")
+    parser.add_argument("--bits", type=int, choices=(8, 16), default=8)
+    parser.add_argument("--out", type=Path, default=None, help="output image (.png or .tif)")
+    parser.add_argument(
+        "--no-compare", action="store_true", help="skip the dense render used for the PSNR"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    if args.out is not None and args.out.suffix.lower() not in (".png", ".tif", ".tiff"):
+        parser.error(f"--out must end in .png, .tif or .tiff, got {args.out}")
+    if args.bits == 16 and args.out is not None and args.out.suffix.lower() == ".png":
+        parser.error("--bits 16 needs a .tif / .tiff output (Pillow writes 8-bit colour PNGs)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        system = load_system(args.checkpoint, args.device)
+        size = output_size(system, args.scale, args.size)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with torch.no_grad():
+
+        def build():
+            return renderer_for(
+                system,
+                size,
+                args.method,
+                spacing=args.spacing,
+                max_level=args.max_level,
+                sigma=args.sigma,
+                prefilter=args.prefilter,
+                chunk_size=args.chunk,
+            )
+
+        compare = None
+        if args.method != "dense" and not args.no_compare:
+            compare = DenseRenderer(system.network, size, chunk_size=args.chunk)
+        result = render_to_array(
+            build,
+            size,
+            tile_size=args.tile,
+            bits=args.bits,
+            compare=compare,
+            device=system.device,
+        )
+    print(
+        f"{args.method} render {size[0]}x{size[1]} ({size[0] / system.size[0]:g}x the training "
+        f"size): {result.seconds:.3f} s, {result.evaluations} network evaluations"
+    )
+    if compare is not None:
+        print(
+            f"dense render for comparison: {result.compare_seconds:.3f} s; "
+            f"PSNR {args.method} vs dense: {result.psnr_vs_dense:.2f} dB "
+            f"(speed-up {result.compare_seconds / result.seconds:.1f}x)"
+        )
+    if args.out is not None:
+        write_image(args.out, result.pixels)
+        print(f"wrote {args.out}")
+    peak = peak_memory_mb()
+    if peak is not None:
+        print(f"peak resident memory of this process: {peak:.0f} MB")
+    return 0
 
 
 if __name__ == "__main__":

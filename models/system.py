@@ -1,15 +1,27 @@
 """The Lightning system: fit a coordinate network to one image, sparsely or densely.
 
-Sparse mode (the point of nuir): the system owns N learnable point positions (and optionally a
-learnable sigma per point). Each step evaluates the network at the points only, reconstructs the
-raster (or a random crop) with ``nuir.interpolate``, and backpropagates the loss into the network
-weights and the positions, through the Gaussian weights and through the network's values.
+The network (coordinates in [-1, 1]^2 -> C values) *is* the implicit image: what training leaves
+behind, queried anywhere and rendered at any size. Sparse training evaluates it only at N
+adaptively placed points per step and reconstructs the raster (or a crop) from those N values
+with ``nuir.interpolate``. Two objectives:
 
-Dense modes (the baselines): ``"dense"`` evaluates the network at every pixel (of the crop);
-``"dense_random"`` at a random batch of ``n_points`` pixels, the same count as the sparse mode.
+- ``"implicit"`` (default): every step each point draws a fresh sample position in its cell
+  (``models.point_set``), snapped to the nearest pixel centre. The network's values there are
+  compared with those pixels (the network learns the image everywhere, one stratified sample per
+  cell per step); the same values, interpolated by the points' Gaussians, reconstruct the raster,
+  and that loss trains the positions and sigma (and, scaled by ``value_gradient``, the network).
+  The points adapt: they split where the network's error is high and are pruned where it is low,
+  within the budget ``max_points``.
+- ``"reconstruction"``: the loss is on the reconstruction from the network's values at N fixed
+  learnable points only. Its model is the point set: the best 1x reconstruction from N values,
+  but the network is free between the points and is *not* the image there. Kept for comparison
+  and for uses that only need the 1x reconstruction.
+
+Dense baselines: ``mode="dense"`` evaluates the network at every pixel (of the crop) each step,
+``"dense_random"`` at ``n_points`` random pixels.
 
 Coordinates: points are (x, y) in pixel units (pixel (r, s) has its centre at (s, r)); the network
-sees ``nuir.render.pixel_to_unit(points)`` in [-1, 1]^2. See ``nuir/render.py``.
+sees ``nuir.geometry.pixel_to_unit(points)`` in [-1, 1]^2.
 """
 
 from __future__ import annotations
@@ -21,8 +33,7 @@ from typing import Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.callbacks import Timer
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.callbacks import Callback
 from torch import nn
 from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
@@ -30,56 +41,75 @@ from torchmetrics.functional.image import (
 )
 
 import nuir
-from nuir.render import evaluate_network, pixel_centres, pixel_to_unit
+from models.point_set import AdaptSchedule, PointSet
+from nuir.geometry import pixel_centres, pixel_to_unit, points_reaching
+from nuir.renderers import evaluate_network
 from nuir.samplers import PLACEMENTS, local_spacing, sample_points
 
 Mode = Literal["sparse", "dense", "dense_random"]
+Objective = Literal["implicit", "reconstruction"]
 Placement = Literal["grid", "jittered", "random", "blue_noise", "gradient"]
-
-_MIN_SIGMA = 0.3  # pixels: a narrower Gaussian can fall between pixel centres
+Window = tuple[int, int, int, int]  # (row0, col0, height, width)
 
 
 class ImplicitImageSystem(pl.LightningModule):
-    """Trains ``network`` (coordinates in [-1, 1]^2 -> C values) to represent one image.
+    """Trains ``network`` (coordinates in [-1, 1]^2 -> C values) to be one image.
 
     Args:
         network: the coordinate network, e.g. ``models.siren.Siren``.
         mode: ``"sparse"`` (network at N points + interpolation), ``"dense"`` (network at every
             pixel) or ``"dense_random"`` (network at N random pixels per step).
-        n_points: N, the number of points (sparse) or of pixels per step (dense_random).
+        objective: sparse mode: ``"implicit"`` or ``"reconstruction"`` (module docstring).
+        n_points: N, the initial number of points (sparse) or pixels per step (dense_random).
+        max_points: the budget the point set may grow to (default: n_points, no growth).
         placement: initial positions: ``"grid"``, ``"jittered"``, ``"random"``,
-            ``"blue_noise"`` or ``"gradient"`` (importance sampling by the target's gradient
-            magnitude).
-        sigma: Gaussian standard deviation in pixels, the same for every point; default (None)
-            per point, ``sigma_scale`` times the mean distance to its 4 nearest neighbours
-            (half the spacing on a grid; wider where importance sampling left points sparse).
-        sigma_scale: the factor of the default per-point sigma.
-        learn_points: train the positions (else they stay where placed).
+            ``"blue_noise"`` or ``"gradient"`` (importance sampling by the target's gradient).
+        initial_sigma: Gaussian standard deviation in pixels at the start, the same for every
+            point; default (None): half of each point's distance to its 4 nearest neighbours.
+        learn_points: train the positions (else they stay where placed or adapted).
         learn_sigma: train one sigma per point (kept in [0.3 px, 4 x the largest initial one]).
+        jitter: implicit objective: the fraction of its cell (side = its neighbour spacing) in
+            which each point draws its sample every step; 0 samples at the points themselves.
+        reconstruction_weight: implicit objective: weight of the reconstruction loss, which
+            trains the positions and sigma (0: no reconstruction during training).
+        value_gradient: implicit objective: scale of the reconstruction loss's gradient into the
+            network (0: the network learns from its samples only; see the README).
+        adapt_interval, adapt_start, adapt_end: densify / prune every ``adapt_interval`` steps
+            from step ``adapt_start`` to ``adapt_end`` (None: to the end); 0 turns it off.
+        grow_fraction, prune_fraction: at most this fraction of the set split / pruned per
+            adaptation.
         cutoff: Mahalanobis radius of each Gaussian (``nuir.interpolate``'s cutoff).
         loss: ``"mse"`` or ``"l1"``.
         lr_network, lr_points, lr_sigma: Adam learning rates of the three parameter groups.
-        lr_schedule: ``"constant"`` or ``"cosine"``: decay to ``lr_final_fraction`` of each rate
-            by the end of the run, which is the trainer's ``max_steps`` or its ``max_time``,
-            whichever comes first (see :meth:`training_progress`).
+        lr_schedule: ``"constant"`` or ``"cosine"`` (decay to ``lr_final_fraction`` of each rate
+            over the trainer's ``max_steps``).
         lr_final_fraction: final learning rate as a fraction of the initial one (cosine).
-        crop_size: reconstruct a random crop_size x crop_size window per step instead of the
-            whole image (for large images); None for the whole image.
+        crop_size: train on a random crop_size x crop_size window per step instead of the whole
+            image (for large images); None for the whole image.
         chunk_size: network evaluations per call when evaluating without gradients.
-        seed: seeds the placement and the per-step randomness (crops, pixel batches); each step
-            draws from ``seed`` and the step number, so a resumed run repeats the same draws.
+        seed: seeds the placement and the per-step randomness (samples, crops, pixel batches);
+            each step draws from ``seed`` and the step number, so a resumed run repeats them.
     """
 
     def __init__(
         self,
         network: nn.Module,
         mode: Mode = "sparse",
+        objective: Objective = "implicit",
         n_points: int = 16384,
+        max_points: int | None = None,
         placement: Placement = "grid",
-        sigma: float | None = None,
-        sigma_scale: float = 0.5,
+        initial_sigma: float | None = None,
         learn_points: bool = True,
         learn_sigma: bool = True,
+        jitter: float = 1.0,
+        reconstruction_weight: float = 1.0,
+        value_gradient: float = 0.0,
+        adapt_interval: int = 0,
+        adapt_start: int = 0,
+        adapt_end: int | None = None,
+        grow_fraction: float = 0.1,
+        prune_fraction: float = 0.02,
         cutoff: float = 3.0,
         loss: Literal["mse", "l1"] = "mse",
         lr_network: float = 1e-3,
@@ -94,29 +124,31 @@ class ImplicitImageSystem(pl.LightningModule):
         super().__init__()
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
-        _check_choice("mode", mode, ("sparse", "dense", "dense_random"))
-        _check_choice("placement", placement, PLACEMENTS)
-        _check_choice("loss", loss, ("mse", "l1"))
-        _check_choice("lr_schedule", lr_schedule, ("constant", "cosine"))
-        if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1:
-            raise ValueError(f"n_points must be a positive int, got {n_points!r}")
-        if sigma is not None and not sigma > 0:
-            raise ValueError(f"sigma must be > 0 or None, got {sigma!r}")
-        if not sigma_scale > 0:
-            raise ValueError(f"sigma_scale must be > 0, got {sigma_scale!r}")
-        if not cutoff > 0:
-            raise ValueError(f"cutoff must be > 0, got {cutoff!r}")
-        for name, rate in (("lr_network", lr_network), ("lr_points", lr_points)):
-            if not rate >= 0:
-                raise ValueError(f"{name} must be >= 0, got {rate!r}")
-        if not lr_sigma >= 0:
-            raise ValueError(f"lr_sigma must be >= 0, got {lr_sigma!r}")
-        if not 0 < lr_final_fraction <= 1:
-            raise ValueError(f"lr_final_fraction must be in (0, 1], got {lr_final_fraction!r}")
-        if crop_size is not None and (not isinstance(crop_size, int) or crop_size < 2):
-            raise ValueError(f"crop_size must be an int >= 2 or None, got {crop_size!r}")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        self.adapt_schedule = AdaptSchedule(
+            adapt_interval, adapt_start, adapt_end, grow_fraction, prune_fraction
+        )
+        _check_options(
+            mode=mode,
+            objective=objective,
+            placement=placement,
+            loss=loss,
+            lr_schedule=lr_schedule,
+            n_points=n_points,
+            max_points=max_points,
+            initial_sigma=initial_sigma,
+            jitter=jitter,
+            reconstruction_weight=reconstruction_weight,
+            value_gradient=value_gradient,
+            cutoff=cutoff,
+            lr_network=lr_network,
+            lr_points=lr_points,
+            lr_sigma=lr_sigma,
+            lr_final_fraction=lr_final_fraction,
+            crop_size=crop_size,
+            chunk_size=chunk_size,
+        )
+        if mode == "sparse":
+            self.adapt_schedule.check(n_points, max_points or n_points)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters()
@@ -126,12 +158,13 @@ class ImplicitImageSystem(pl.LightningModule):
 
         self.network = network
         self.mode = mode
+        self.objective = objective
         self.n_points = n_points
         self.placement = placement
-        self.sigma_init = sigma
-        self.sigma_scale = float(sigma_scale)
-        self.learn_points = learn_points
-        self.learn_sigma = learn_sigma and mode == "sparse"
+        self.initial_sigma = initial_sigma
+        self.jitter = float(jitter)
+        self.reconstruction_weight = float(reconstruction_weight)
+        self.value_gradient = float(value_gradient)
         self.cutoff = float(cutoff)
         self.loss_name = loss
         self.learning_rates = {"network": lr_network, "points": lr_points, "sigma": lr_sigma}
@@ -140,25 +173,24 @@ class ImplicitImageSystem(pl.LightningModule):
         self.crop_size = crop_size
         self.chunk_size = chunk_size
         self.seed = int(seed)
-        # Overrides of the schedule's length (see training_progress): a step count instead of
-        # the trainer's max_steps, or a progress fraction set from outside (a benchmark with a
-        # wall-clock budget sets its own clock's fraction before each step).
-        self.schedule_steps: int | None = None
+        # A caller with its own clock (a benchmark with a wall-time budget) sets the fraction of
+        # the run done here before each step; the cosine schedule then follows it.
         self.external_progress: float | None = None
 
-        # Filled by setup() from the data; the shapes are fixed here so a checkpoint loads into a
-        # freshly constructed system.
+        # Shapes fixed here so a checkpoint loads into a freshly constructed system.
         self.register_buffer("image_size", torch.zeros(2, dtype=torch.int64))  # (H, W)
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
         self.register_buffer("network_evaluations", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("initial_spacing", torch.zeros((), dtype=torch.float64))
+        self.point_set: PointSet | None = None
         if mode == "sparse":
-            self.points = nn.Parameter(torch.zeros(n_points, 2), requires_grad=learn_points)
-            log_sigma = torch.zeros(n_points)  # [N]
-            if self.learn_sigma:
-                self.log_sigma = nn.Parameter(log_sigma)
-            else:
-                self.register_buffer("log_sigma", log_sigma)
-            self.register_buffer("log_sigma_max", torch.zeros(()))
+            self.point_set = PointSet(
+                max_points or n_points,
+                learn_positions=learn_points,
+                learn_sigma=learn_sigma,
+            )
+        self.last_validation: dict[str, torch.Tensor] = {}  # images for the logging callback
+        self.show_summary = True  # print the final figures and next commands when fit ends
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -171,6 +203,11 @@ class ImplicitImageSystem(pl.LightningModule):
                 "(e.g. models.data.ImageDataModule)"
             )
         self.initialise_from_target(target)
+
+    def configure_callbacks(self) -> list[Callback]:
+        from models.callbacks import FitSummary, ImageLogger
+
+        return [ImageLogger(), FitSummary()] if self.show_summary else [ImageLogger()]
 
     @torch.no_grad()
     def initialise_from_target(self, target: torch.Tensor) -> None:
@@ -191,30 +228,31 @@ class ImplicitImageSystem(pl.LightningModule):
                 )
             return
         self.image_size.copy_(torch.tensor([height, width]))
-        if self.mode == "sparse":
+        self.initial_spacing.fill_(math.sqrt(height * width / self.n_points))
+        if self.point_set is not None:
             generator = torch.Generator().manual_seed(self.seed)
             points = sample_points(
                 self.placement, (height, width), self.n_points, image=target, generator=generator
             )
-            self.points.copy_(points)
-            if self.sigma_init is not None:
-                sigma = torch.full((self.n_points,), float(self.sigma_init))
+            if self.initial_sigma is not None:
+                sigma = torch.full((self.n_points,), float(self.initial_sigma))
             else:
                 spacing = local_spacing(points)  # [N]
-                fallback = math.sqrt(height * width / self.n_points)  # a single point
-                spacing = torch.where(torch.isfinite(spacing), spacing, fallback)
-                sigma = (self.sigma_scale * spacing).clamp_min(_MIN_SIGMA)
-            self.log_sigma.copy_(sigma.log())
-            self.log_sigma_max.fill_(math.log(4.0 * float(sigma.max())))
+                spacing = torch.where(torch.isfinite(spacing), spacing, float(self.initial_spacing))
+                sigma = 0.5 * spacing
+            self.point_set.place(points.to(self.device), sigma.to(self.device))
         self.initialised.fill_(True)
 
     def configure_optimizers(self):
         rates = self.learning_rates
         groups = [{"params": list(self.network.parameters()), "lr": rates["network"]}]
-        if self.mode == "sparse" and self.learn_points:
-            groups.append({"params": [self.points], "lr": rates["points"]})
-        if self.learn_sigma:
-            groups.append({"params": [self.log_sigma], "lr": rates["sigma"]})
+        if self.point_set is not None:
+            for name, parameter in (
+                ("points", self.point_set.positions),
+                ("sigma", self.point_set.log_sigma),
+            ):
+                if parameter.requires_grad:
+                    groups.append({"params": [parameter], "lr": rates[name]})
         optimizer = torch.optim.Adam(groups)
         if self.lr_schedule != "cosine":
             return optimizer
@@ -222,8 +260,6 @@ class ImplicitImageSystem(pl.LightningModule):
 
         def factor(step: int) -> float:
             progress = self.training_progress(step)
-            if progress is None:
-                return 1.0  # no known length: constant
             return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -232,24 +268,15 @@ class ImplicitImageSystem(pl.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
-    def training_progress(self, step: int) -> float | None:
-        """Fraction of the run done: the largest of step / max_steps (or / schedule_steps),
-        elapsed / max_time when the trainer has a time limit, and ``external_progress`` when a
-        caller sets it; None when none of them is known."""
-        fractions = []
+    def training_progress(self, step: int) -> float:
+        """Fraction of the run done after ``step`` steps: ``external_progress`` when a caller
+        sets it, else step / the trainer's estimated number of steps (0 when unbounded)."""
         if self.external_progress is not None:
-            fractions.append(self.external_progress)
-        horizon = self.schedule_steps or (self.trainer.max_steps if self._trainer else -1)
-        if horizon and horizon > 0:
-            fractions.append(step / horizon)
-        if self._trainer is not None:
-            for callback in self.trainer.callbacks:
-                if isinstance(callback, Timer):
-                    remaining = callback.time_remaining("train")
-                    if remaining is not None:
-                        elapsed = callback.time_elapsed("train")
-                        fractions.append(elapsed / max(elapsed + remaining, 1e-9))
-        return max(fractions) if fractions else None
+            return self.external_progress
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else None
+        if total is None or not math.isfinite(total) or total <= 0:
+            return 0.0
+        return step / total
 
     # --- the model ------------------------------------------------------------------------------
 
@@ -266,41 +293,45 @@ class ImplicitImageSystem(pl.LightningModule):
         height, width = self.image_size.tolist()
         return int(height), int(width)
 
+    @property
+    def points(self) -> torch.Tensor:
+        """Positions of the points in use [n, 2] (sparse mode)."""
+        return self.point_set.xy()
+
     def sigma(self) -> torch.Tensor:
-        """Per-point sigma in pixels [N] (sparse mode)."""
-        return self.log_sigma.exp()
+        """Sigma in pixels of the points in use [n] (sparse mode)."""
+        return self.point_set.sigma()
 
-    def reconstruct_window(
-        self, window: tuple[int, int, int, int] | None = None
-    ) -> tuple[torch.Tensor, int]:
-        """Sparse reconstruction of a window (row0, col0, h, w) of the raster, differentiably.
+    def points_reaching(self, window: Window) -> torch.Tensor | None:
+        """Indices [n] of the points whose Gaussian support, or the cell their samples come
+        from, reaches the window (None: the window is the whole image)."""
+        if window[2:] == self.size:
+            return None
+        count = self.point_set.count
+        reach = (
+            self.cutoff * self.sigma().detach() + 0.5 * self.jitter * self.point_set.cell[:count]
+        )
+        return points_reaching(self.points.detach(), reach, window)
 
-        Only the points whose support (cutoff * sigma) reaches the window are evaluated.
+    def reconstruct_window(self, window: Window | None = None) -> tuple[torch.Tensor, int]:
+        """Sparse reconstruction of a window (row0, col0, h, w), differentiably, from the network
+        at the points themselves (the reconstruction objective's model).
 
         Returns:
             (image [C, h, w], number of network evaluations).
         """
         height, width = self.size
-        row0, col0, h, w = window if window is not None else (0, 0, height, width)
-        points = self.points  # [N, 2]
-        sigma = self.sigma()  # [N]
-        if (h, w) != (height, width):
-            reach = self.cutoff * sigma.detach()
-            x, y = points.detach()[:, 0], points.detach()[:, 1]
-            near = (
-                (x + reach >= col0)
-                & (x - reach <= col0 + w - 1)
-                & (y + reach >= row0)
-                & (y - reach <= row0 + h - 1)
-            )
-            index = near.nonzero().squeeze(1)  # [n]
-            points, sigma = points[index], sigma[index]
+        window = window or (0, 0, height, width)
+        row0, col0, h, w = window
+        index = self.points_reaching(window)
+        points = self.points if index is None else self.point_set.positions[index]  # [n, 2]
+        sigma = self.sigma() if index is None else self.point_set.log_sigma[index].exp()
         values = self.network(pixel_to_unit(points, (height, width)))  # [n, C]
         offset = points.new_tensor([col0, row0])
         image = nuir.interpolate(points - offset, values, (h, w), sigma, cutoff=self.cutoff)
         return image, int(points.shape[0])
 
-    def dense_window(self, window: tuple[int, int, int, int]) -> torch.Tensor:
+    def dense_window(self, window: Window) -> torch.Tensor:
         """The network at every pixel of a window, differentiably: [C, h, w]."""
         _, _, h, w = window
         centres = pixel_centres(window, device=self.device, dtype=self.coordinate_dtype)
@@ -309,20 +340,14 @@ class ImplicitImageSystem(pl.LightningModule):
 
     @torch.no_grad()
     def reconstruct(self) -> torch.Tensor:
-        """The model's image of the whole raster, without gradients: [C, H, W].
-
-        Sparse mode: the network at the N points, interpolated. Dense modes: the network at every
-        pixel.
-        """
-        if self.mode == "sparse":
-            height, width = self.size
-            values = evaluate_network(
-                self.network, pixel_to_unit(self.points, self.size), self.chunk_size
-            )
-            return nuir.interpolate(
-                self.points, values, (height, width), self.sigma(), cutoff=self.cutoff
-            )
-        return self.network_image()
+        """The point set's image of the whole raster, without gradients: [C, H, W]: the network
+        at the points, interpolated (sparse mode); the network at every pixel otherwise."""
+        if self.point_set is None:
+            return self.network_image()
+        values = evaluate_network(
+            self.network, pixel_to_unit(self.points, self.size), self.chunk_size
+        )
+        return nuir.interpolate(self.points, values, self.size, self.sigma(), cutoff=self.cutoff)
 
     @torch.no_grad()
     def network_image(self) -> torch.Tensor:
@@ -340,7 +365,7 @@ class ImplicitImageSystem(pl.LightningModule):
         """A CPU generator seeded by (seed, global step): the same draws after a resume."""
         return torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.global_step))
 
-    def random_window(self, generator: torch.Generator) -> tuple[int, int, int, int]:
+    def random_window(self, generator: torch.Generator) -> Window:
         height, width = self.size
         if self.crop_size is None:
             return (0, 0, height, width)
@@ -358,112 +383,163 @@ class ImplicitImageSystem(pl.LightningModule):
         target = batch[0]  # [C, H, W]
         generator = self.step_generator()
         if self.mode == "dense_random":
-            height, width = self.size
-            index = torch.randint(0, height * width, (self.n_points,), generator=generator)
-            index = index.to(self.device)  # [n]
-            centres = torch.stack([index % width, index // width], dim=-1)
-            centres = centres.to(self.coordinate_dtype)  # [n, 2]
-            prediction = self.network(pixel_to_unit(centres, self.size)).T  # [C, n]
-            target = target.flatten(1)[:, index]  # [C, n]
-            evaluations = self.n_points
+            loss, evaluations = self.dense_random_step(target, generator)
         else:
             window = self.random_window(generator)
             row0, col0, h, w = window
-            target = target[:, row0 : row0 + h, col0 : col0 + w]
-            if self.mode == "sparse":
+            crop = target[:, row0 : row0 + h, col0 : col0 + w]
+            if self.mode == "dense":
+                loss, evaluations = self.loss_fn(self.dense_window(window), crop), h * w
+            elif self.objective == "reconstruction":
                 prediction, evaluations = self.reconstruct_window(window)
+                loss = self.loss_fn(prediction, crop)
+                self.log("train/psnr_reconstruction", _psnr(prediction, crop))
             else:
-                prediction, evaluations = self.dense_window(window), h * w
-        loss = self.loss_fn(prediction, target)
+                loss, evaluations = self.implicit_step(window, crop, generator)
         self.network_evaluations += evaluations
-        psnr = peak_signal_noise_ratio(prediction.detach().clamp(0, 1), target, data_range=1.0)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/psnr", psnr, prog_bar=True)
         self.log("train/network_evaluations", self.network_evaluations.double())
+        if self.point_set is not None:
+            self.log("train/points", float(self.point_set.count))
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.mode != "sparse":
-            return
+    def dense_random_step(
+        self, target: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, int]:
         height, width = self.size
-        with torch.no_grad():
-            # Positions stay on the raster: [-0.5, W - 0.5] x [-0.5, H - 0.5].
-            self.points[:, 0].clamp_(-0.5, width - 0.5)
-            self.points[:, 1].clamp_(-0.5, height - 0.5)
-            if self.learn_sigma:
-                self.log_sigma.clamp_(math.log(_MIN_SIGMA), float(self.log_sigma_max))
+        index = torch.randint(0, height * width, (self.n_points,), generator=generator)
+        index = index.to(self.device)  # [n]
+        centres = torch.stack([index % width, index // width], dim=-1)
+        prediction = self.network(pixel_to_unit(centres.to(self.coordinate_dtype), self.size))
+        samples = target.flatten(1)[:, index].T  # [n, C]
+        self.log("train/psnr_samples", _psnr(prediction, samples))
+        return self.loss_fn(prediction, samples), self.n_points
 
-    # --- validation and logging -------------------------------------------------------------
+    def implicit_step(
+        self, window: Window, crop: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, int]:
+        """The implicit objective on one window (see the module docstring)."""
+        height, width = self.size
+        row0, col0, h, w = window
+        index = self.points_reaching(window)
+        if index is None:
+            index = torch.arange(self.point_set.count, device=self.device)
+        samples = self.point_set.samples(index, generator, self.jitter)  # [n, 2]
+        limit = samples.new_tensor([width - 1, height - 1])
+        centres = torch.minimum(samples.detach().round().clamp_min(0), limit)  # [n, 2] pixels
+        # Straight through: the Gaussians sit on the pixel centres, the gradient moves the points.
+        samples = samples + (centres - samples).detach()
+        values = self.network(pixel_to_unit(centres.to(self.coordinate_dtype), self.size))
 
-    def on_train_start(self) -> None:
-        if isinstance(self.logger, TensorBoardLogger):
-            # Registers the metrics shown in TensorBoard's HParams tab.
-            self.logger.log_hyperparams(self.hparams, {"hp/psnr": 0.0, "hp/ssim": 0.0})
+        local = centres.long() - torch.tensor([col0, row0], device=centres.device)  # [n, 2]
+        inside = ((local >= 0) & (local < torch.tensor([w, h], device=local.device))).all(1)
+        pixels = crop[:, local[inside, 1], local[inside, 0]].T  # [m, C]
+        loss = self.loss_fn(values[inside], pixels)
+        squared_error = (values[inside] - pixels).detach().square().sum(1)  # [m]
+        self.point_set.record_error(index[inside], squared_error)
+        self.log("train/psnr_samples", _psnr(values[inside], pixels), prog_bar=True)
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        target = batch[0]  # [C, H, W]
-        reconstruction = self.reconstruct()  # [C, H, W]
-        shown = reconstruction.clamp(0, 1)
-        psnr = peak_signal_noise_ratio(shown, target, data_range=1.0)
-        ssim = structural_similarity_index_measure(shown[None], target[None], data_range=1.0)
-        self.log("val/loss", self.loss_fn(reconstruction, target))
-        self.log("val/psnr", psnr, prog_bar=True)
-        self.log("val/ssim", ssim)
-        self.log("hp/psnr", psnr)
-        self.log("hp/ssim", ssim)
-        if self.mode == "sparse":
-            network = self.network_image().clamp(0, 1)
-            self.log(
-                "val/psnr_network_dense", peak_signal_noise_ratio(network, target, data_range=1.0)
+        if self.reconstruction_weight > 0:
+            scale = self.value_gradient
+            carried = values if scale == 1 else values.detach() + scale * (values - values.detach())
+            offset = samples.new_tensor([col0, row0])
+            sigma = self.point_set.log_sigma[index].exp()
+            reconstruction = nuir.interpolate(
+                samples - offset, carried, (h, w), sigma, cutoff=self.cutoff
             )
-        if isinstance(self.logger, TensorBoardLogger) and not self.trainer.sanity_checking:
-            self.log_images(target, shown)
+            loss = loss + self.reconstruction_weight * self.loss_fn(reconstruction, crop)
+            self.log("train/psnr_reconstruction", _psnr(reconstruction, crop))
+        return loss, int(index.numel())
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.point_set is None:
+            return
+        self.point_set.clamp_(self.size)
+        step = int(self.global_step)
+        if self.objective == "implicit" and self.adapt_schedule.due(step):
+            strategy = self.trainer.strategy if self._trainer is not None else None
+            reduce = None
+            if strategy is not None and self.trainer.world_size > 1:
+                reduce = lambda t: strategy.reduce(t, reduce_op="sum")  # noqa: E731
+            optimizer = self.optimizers().optimizer if self._trainer is not None else None
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step + 500_000_029)
+            pruned, grown = self.point_set.adapt(
+                self.adapt_schedule, float(self.initial_spacing), generator, optimizer, reduce
+            )
+            self.log("train/points_pruned", float(pruned))
+            self.log("train/points_grown", float(grown))
+
+    # --- validation -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def log_images(self, target: torch.Tensor, reconstruction: torch.Tensor) -> None:
-        """Target, reconstruction, |error| x 4, the points over the target, sigma histogram."""
-        writer = self.logger.experiment
-        step = int(self.global_step)
-        writer.add_image("images/target", as_rgb(target), step)
-        writer.add_image("images/reconstruction", as_rgb(reconstruction), step)
-        error = (reconstruction - target).abs().mean(0, keepdim=True)  # [1, H, W]
-        writer.add_image("images/abs_error_x4", (4 * error).clamp(0, 1), step)
-        if self.mode == "sparse":
-            writer.add_image("images/points", draw_points(target, self.points), step)
-            if self.learn_sigma:
-                writer.add_histogram("sigma", self.sigma(), step)
+    def image_metrics(self, target: torch.Tensor) -> tuple[dict[str, float], dict]:
+        """PSNR / SSIM of the network's dense image (and of the point set's reconstruction)
+        against the target [C, H, W]; returns (metrics, images)."""
+        network = self.network_image().clamp(0, 1)
+        images = {"target": target, "network": network}
+        metrics = {
+            "psnr_network": _psnr(network, target),
+            "ssim_network": _ssim(network, target),
+        }
+        if self.point_set is not None:
+            reconstruction = self.reconstruct().clamp(0, 1)
+            images["reconstruction"] = reconstruction
+            metrics["psnr_reconstruction"] = _psnr(reconstruction, target)
+            metrics["ssim_reconstruction"] = _ssim(reconstruction, target)
+        return metrics, images
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        metrics, self.last_validation = self.image_metrics(batch[0])
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name.startswith("psnr"))
+        self.log("hp/psnr", metrics["psnr_network"])
+        self.log("hp/ssim", metrics["ssim_network"])
+        if self.point_set is not None:
+            self.log("val/points", float(self.point_set.count))
 
 
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+def _psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return peak_signal_noise_ratio(prediction.detach().clamp(0, 1), target, data_range=1.0)
 
 
-def as_rgb(image: torch.Tensor) -> torch.Tensor:
-    """[C, H, W] with C in 1..4 -> [3, H, W] for display (alpha dropped, grey repeated)."""
-    image = image.detach().float().cpu()
-    colour = image[:3] if image.shape[0] >= 3 else image[:1]
-    return colour.expand(3, -1, -1).clamp(0, 1)
+def _ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SSIM of two [C, H, W] images."""
+    return structural_similarity_index_measure(prediction[None], target[None], data_range=1.0)
 
 
-@torch.no_grad()
-def draw_points(image: torch.Tensor, points: torch.Tensor, min_side: int = 512) -> torch.Tensor:
-    """The points as red dots over a dimmed, upscaled copy of the image.
-
-    Args:
-        image: [C, H, W] in [0, 1].
-        points: [N, 2] (x, y) pixel positions on the image.
-        min_side: upscale by an integer factor until the shorter side is at least this.
-    Returns:
-        [3, H * s, W * s] with s = ceil(min_side / min(H, W)).
-    """
-    height, width = image.shape[-2:]
-    scale = max(1, math.ceil(min_side / min(height, width)))
-    canvas = 0.5 * as_rgb(image)  # [3, H, W]
-    canvas = canvas.repeat_interleave(scale, 1).repeat_interleave(scale, 2)  # [3, Hs, Ws]
-    on_canvas = ((points.detach().float().cpu() + 0.5) * scale - 0.5).round().long()  # [N, 2]
-    x = on_canvas[:, 0].clamp(0, width * scale - 1)
-    y = on_canvas[:, 1].clamp(0, height * scale - 1)
-    red = torch.tensor([1.0, 0.15, 0.15])
-    canvas[:, y, x] = red[:, None]
-    return canvas
+def _check_options(**options) -> None:
+    """Raise a ValueError naming the first option that is out of range."""
+    choices = {
+        "mode": ("sparse", "dense", "dense_random"),
+        "objective": ("implicit", "reconstruction"),
+        "placement": PLACEMENTS,
+        "loss": ("mse", "l1"),
+        "lr_schedule": ("constant", "cosine"),
+    }
+    for name, allowed in choices.items():
+        if options[name] not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {options[name]!r}")
+    for name in ("n_points", "chunk_size"):
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    max_points = options["max_points"]
+    if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int)):
+        raise ValueError(f"max_points must be an int or None, got {max_points!r}")
+    for name in ("initial_sigma",):
+        if options[name] is not None and not options[name] > 0:
+            raise ValueError(f"{name} must be > 0 or None, got {options[name]!r}")
+    if not options["cutoff"] > 0:
+        raise ValueError(f"cutoff must be > 0, got {options['cutoff']!r}")
+    if not 0 <= options["jitter"] <= 1:
+        raise ValueError(f"jitter must be in [0, 1], got {options['jitter']!r}")
+    for name in ("reconstruction_weight", "value_gradient", "lr_network", "lr_points", "lr_sigma"):
+        if not options[name] >= 0:
+            raise ValueError(f"{name} must be >= 0, got {options[name]!r}")
+    if not 0 < options["lr_final_fraction"] <= 1:
+        raise ValueError(
+            f"lr_final_fraction must be in (0, 1], got {options['lr_final_fraction']!r}"
+        )
+    crop_size = options["crop_size"]
+    if crop_size is not None and (not isinstance(crop_size, int) or crop_size < 2):
+        raise ValueError(f"crop_size must be an int >= 2 or None, got {crop_size!r}")

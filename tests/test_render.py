@@ -1,4 +1,5 @@
-"""Rendering helpers (nuir.render) and the render command (python -m models.render)."""
+"""Rendering: the raster conventions (nuir.geometry), the renderers (nuir.renderers), the render
+command (python -m models.render) and the render benchmark (python -m models.bench_render)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,23 @@ from _helpers import fit
 from PIL import Image
 
 import nuir
+from models import bench_render
 from models import render as render_cli
+from models.checkpoint import load_system
 from models.siren import Siren
-from nuir.render import (
-    DenseRenderer,
-    SparseRenderer,
-    interpolating_values,
+from nuir.geometry import (
     pixel_centres,
     pixel_to_unit,
-    render,
     rescale_points,
     tile_windows,
     unit_to_pixel,
+)
+from nuir.renderers import (
+    DenseRenderer,
+    GridRenderer,
+    PointRenderer,
+    interpolating_values,
+    render,
 )
 
 
@@ -67,18 +73,16 @@ def test_dense_render_is_the_network_at_pixel_centres_in_any_tiling() -> None:
     assert renderer.evaluations == 2 * 13 * 9
 
 
-def test_sparse_render_is_tiling_independent_and_matches_upsample() -> None:
+def test_point_render_is_tiling_independent_and_matches_upsample() -> None:
     torch.manual_seed(0)
     low = torch.rand(2, 6, 5)  # [C, h, w]
     size = (24, 20)  # 4x
     points = rescale_points(pixel_centres((0, 0, 6, 5)), (6, 5), size)  # [30, 2]
     values = low.flatten(1).T  # [30, 2], row-major like pixel_centres
-    network = Siren(out_features=2, hidden_features=8, hidden_layers=0)  # unused: values given
-    renderer = SparseRenderer(network, points, 2.0, size, values=values)
+    renderer = PointRenderer(points, 2.0, values)
     whole = render(renderer, size, tile_size=1000)
     torch.testing.assert_close(render(renderer, size, tile_size=7), whole, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(whole, nuir.upsample(low, 4, sigma=2.0), atol=1e-6, rtol=1e-5)
-    assert renderer.evaluations == 0
 
 
 def test_interpolating_values_pass_through_the_samples() -> None:
@@ -95,70 +99,134 @@ def test_interpolating_values_pass_through_the_samples() -> None:
     assert torch.equal(interpolating_values(samples, 0.5, iterations=0), samples)
 
 
-def test_sparse_renderer_checks_its_arguments() -> None:
-    network = Siren(out_features=1, hidden_features=8, hidden_layers=0)
+def test_point_renderer_checks_its_arguments() -> None:
     with pytest.raises(ValueError, match="points"):
-        SparseRenderer(network, torch.rand(5, 3), 1.0, (8, 8))
+        PointRenderer(torch.rand(5, 3), 1.0, torch.rand(5, 1))
     with pytest.raises(ValueError, match="sigma"):
-        SparseRenderer(network, torch.rand(5, 2), torch.ones(4), (8, 8))
+        PointRenderer(torch.rand(5, 2), torch.ones(4), torch.rand(5, 1))
     with pytest.raises(ValueError, match="sigma"):
-        SparseRenderer(network, torch.rand(5, 2), -1.0, (8, 8))
+        PointRenderer(torch.rand(5, 2), -1.0, torch.rand(5, 1))
+    with pytest.raises(ValueError, match="values"):
+        PointRenderer(torch.rand(5, 2), 1.0, torch.rand(4, 1))
     with pytest.raises(ValueError, match="tile_size"):
         tile_windows((8, 8), 0)
+
+
+def smooth_network() -> Siren:
+    torch.manual_seed(0)
+    return Siren(out_features=3, hidden_features=32, hidden_layers=1, first_omega=6.0)
+
+
+def psnr_against(image: torch.Tensor, reference: torch.Tensor) -> float:
+    return float(-10 * torch.log10((image - reference).square().mean() / reference.var()))
+
+
+def test_grid_render_passes_through_the_network_at_its_samples() -> None:
+    network = smooth_network()
+    size = (24, 32)
+    dense = render(DenseRenderer(network, size), size)
+    renderer = GridRenderer(network, size, size, prefilter=40)
+    assert renderer.evaluations == 24 * 32
+    torch.testing.assert_close(render(renderer, size, tile_size=9), dense, atol=2e-4, rtol=0)
+    plain = render(GridRenderer(network, size, size, prefilter=0), size)
+    assert (plain - dense).abs().max() > 20 * (render(renderer, size) - dense).abs().max()
+
+
+def test_finer_levels_improve_their_blocks_without_seams_elsewhere() -> None:
+    network = smooth_network()
+    reference_size, size = (32, 32), (128, 128)  # rendered at 4x
+    dense = render(DenseRenderer(network, size), size)
+    levels = torch.zeros(4, 4, dtype=torch.int64)
+    levels[:, :2] = 1  # the left half of the image gets the finer grid
+    base = GridRenderer(network, reference_size, size)
+    refined = GridRenderer(network, reference_size, size, levels=levels)
+    assert refined.evaluations == 32 * 32 + 64 * 32  # base everywhere, twice as fine on the left
+    left, right = slice(0, 56), slice(72, 128)  # away from the boundary
+    base_image, refined_image = render(base, size), render(refined, size, tile_size=50)
+    gain = psnr_against(refined_image[..., left], dense[..., left]) - psnr_against(
+        base_image[..., left], dense[..., left]
+    )
+    assert gain > 4.0  # dB, where the finer grid is
+    torch.testing.assert_close(refined_image[..., right], base_image[..., right], atol=1e-3, rtol=0)
+    # Across the boundary the refined render is never worse than the base one.
+    seam = slice(56, 72)
+    assert (refined_image[..., seam] - dense[..., seam]).abs().max() <= (
+        base_image[..., seam] - dense[..., seam]
+    ).abs().max() + 1e-3
+
+
+def test_grid_renderer_checks_its_arguments() -> None:
+    network = smooth_network()
+    with pytest.raises(ValueError, match="levels"):
+        GridRenderer(network, (16, 16), (32, 32), levels=torch.zeros(3, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="sigma"):
+        GridRenderer(network, (16, 16), (32, 32), sigma=0.9)
+    with pytest.raises(ValueError, match="spacing"):
+        GridRenderer(network, (16, 16), (32, 32), spacing=0)
+    with pytest.raises(ValueError, match="iterations"):
+        GridRenderer(network, (16, 16), (32, 32), prefilter=-1)
 
 
 # --- the render command on trained checkpoints ---------------------------------------------
 
 
-def train(tmp: Path, mode: str) -> Path:
-    """Train a tiny system for 3 steps with train.py's CLI; its last checkpoint."""
-    overrides = ("--model.mode", mode, "--model.n_points", "150", "--trainer.logger", "false")
-    fit(tmp, *overrides, steps=3, size=24)
+def train(tmp: Path, *overrides: str) -> Path:
+    """Train a tiny system for 6 steps with train.py's CLI; its last checkpoint."""
+    options = ("--model.n_points", "150", "--trainer.logger", "false", *overrides)
+    fit(tmp, *options, steps=6, size=24)
     return tmp / "run" / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")
 def sparse_checkpoint(tmp_path_factory) -> Path:
-    return train(tmp_path_factory.mktemp("sparse"), "sparse")
+    adapt = ("--model.max_points", "300", "--model.adapt_interval", "2", "--model.grow_fraction")
+    return train(tmp_path_factory.mktemp("sparse"), *adapt, "0.5")
 
 
 @pytest.fixture(scope="module")
 def dense_checkpoint(tmp_path_factory) -> Path:
-    return train(tmp_path_factory.mktemp("dense"), "dense")
+    return train(tmp_path_factory.mktemp("dense"), "--model.mode", "dense")
 
 
-def test_render_command_sparse_at_4x_reports_time_and_psnr(
+def test_render_command_adaptive_at_4x_reports_time_and_psnr(
     sparse_checkpoint, tmp_path, capsys
 ) -> None:
     out = tmp_path / "render.png"
-    assert (
-        render_cli.main(
-            [
-                str(sparse_checkpoint),
-                "--scale",
-                "4",
-                "--tile",
-                "40",
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    args = [str(sparse_checkpoint), "--scale", "4", "--tile", "40", "--out", str(out)]
+    assert render_cli.main([*args, "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert re.search(
-        r"sparse render 96x96 \(4x the training size\): [\d.]+ s, 150 network", printed
+    match = re.search(
+        r"adaptive render 96x96 \(4x the training size\): [\d.]+ s, (\d+) network", printed
     )
-    assert re.search(r"PSNR sparse vs dense: [\d.]+ dB", printed)
+    assert match and 576 < int(match.group(1)) < 96 * 96  # more than the base grid, far fewer
+    assert re.search(r"PSNR adaptive vs dense: [\d.]+ dB", printed)
     with Image.open(out) as image:
         assert image.size == (96, 96) and image.mode == "RGB"
 
 
-def test_sparse_render_at_1x_reproduces_the_training_reconstruction(sparse_checkpoint) -> None:
-    system = render_cli.load_system(sparse_checkpoint)
-    renderer = render_cli.sparse_renderer(system, system.size)
+def test_adaptive_render_refines_where_training_split_points(sparse_checkpoint) -> None:
+    system = load_system(sparse_checkpoint)
+    levels = render_cli.detail_levels(system, block=8)
+    assert levels.shape == (3, 3) and 0 < int(levels.sum()) < 9  # some blocks, not all
+    cells = system.point_set.cell[: system.point_set.count]
+    assert float(cells.min()) < 1.9 < 2.0 <= float(cells.max())  # split ones and original ones
+
+
+def test_adaptive_render_at_4x_leaves_no_pixel_uncovered(sparse_checkpoint) -> None:
+    system = load_system(sparse_checkpoint)
+    size = (96, 96)
+    renderer = render_cli.renderer_for(system, size)
+    base = renderer.layers[0]  # the level every pixel's value comes from
+    _, weight = nuir.interpolate(
+        base.points, base.values, size, base.sigma, cutoff=base.cutoff, return_weight=True
+    )
+    assert float(weight.min()) > 0
+    assert torch.isfinite(render(renderer, size)).all()
+
+
+def test_points_render_at_1x_reproduces_the_training_reconstruction(sparse_checkpoint) -> None:
+    system = load_system(sparse_checkpoint)
+    renderer = render_cli.renderer_for(system, system.size, "points")
     torch.testing.assert_close(
         render(renderer, system.size, tile_size=10), system.reconstruct(), atol=1e-5, rtol=1e-4
     )
@@ -166,25 +234,8 @@ def test_sparse_render_at_1x_reproduces_the_training_reconstruction(sparse_check
 
 def test_render_command_dense_and_16_bit(dense_checkpoint, tmp_path, capsys) -> None:
     out = tmp_path / "dense.tif"
-    assert (
-        render_cli.main(
-            [
-                str(dense_checkpoint),
-                "--mode",
-                "dense",
-                "--size",
-                "30",
-                "50",
-                "--bits",
-                "16",
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    args = [str(dense_checkpoint), "--method", "dense", "--size", "30", "50", "--bits", "16"]
+    assert render_cli.main([*args, "--out", str(out), "--device", "cpu"]) == 0
     assert "dense render 30x50" in capsys.readouterr().out
     import tifffile
 
@@ -193,20 +244,46 @@ def test_render_command_dense_and_16_bit(dense_checkpoint, tmp_path, capsys) -> 
 
 
 def test_render_benchmark_rows(dense_checkpoint, capsys) -> None:
-    assert render_cli.main([str(dense_checkpoint), "--benchmark", "1", "2", "--device", "cpu"]) == 0
+    assert bench_render.main([str(dense_checkpoint), "--scales", "1", "2", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "| 1x | 24x24 | grid |" in printed and "| 2x | 48x48 | grid |" in printed
-    # A dense checkpoint renders sparsely from a grid of one point per training pixel, plain and
-    # prefiltered; the prefiltered grid reproduces the dense render more closely.
     rows = re.findall(
-        r"\| 2x \| 48x48 \| (grid[^|]*)\| [\d.]+ \| 2304 \| [\d.]+ \| 576 \| "
-        r"[\d.]+x \| ([\d.]+) dB \|",
+        r"\| (\d)x \| (\d+)x\d+ \| (\w+) \| [\d.]+ \| (\d+) \| [\d.]+ \| (\d+) \| "
+        r"[\d.]+x \| ([\d.]+|inf) dB \|",
         printed,
     )
-    assert [label.strip() for label, _ in rows] == ["grid", "grid + prefilter 3"]
-    assert float(rows[1][1]) > float(rows[0][1])
+    assert [(scale, method) for scale, _, method, _, _, _ in rows] == [
+        ("1", "adaptive"), ("1", "grid"), ("2", "adaptive"), ("2", "grid")
+    ]  # fmt: skip
+    for _, side, _, dense_evals, evals, psnr in rows:
+        assert int(dense_evals) == int(side) ** 2 and int(evals) == 24 * 24  # no points: base only
+        assert float(psnr) > 30
 
 
-def test_render_command_errors(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        render_cli.main([str(tmp_path / "none.ckpt")])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x00\x01 random bytes, not a checkpoint", "not a checkpoint, or a truncated one"),
+        (None, "not a checkpoint, or a truncated one"),  # a truncated download
+    ],
+)
+def test_render_command_refuses_bad_files_in_one_line(
+    sparse_checkpoint, tmp_path, capsys, content, message
+) -> None:
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(content if content is not None else sparse_checkpoint.read_bytes()[:3000])
+    out = tmp_path / "never.png"
+    assert render_cli.main([str(bad), "--scale", "2", "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(bad) in error and message in error
+    assert not out.exists()
+
+
+def test_render_command_refuses_a_checkpoint_of_another_model(tmp_path, capsys) -> None:
+    foreign = tmp_path / "resnet.ckpt"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}, "epoch": 3}, foreign)
+    assert render_cli.main([str(foreign), "--out", str(tmp_path / "x.png")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "cannot load an nuir ImplicitImageSystem" in error
+    assert not (tmp_path / "x.png").exists()
+    assert render_cli.main([str(tmp_path / "none.ckpt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from _helpers import SIZE, fit
+from _helpers import ROOT, SIZE, fit, tiny_photo, train_entry
 from PIL import Image
 
 import nuir
 from models.data import DEFAULT_IMAGE, ImageDataModule, load_image
 from models.siren import Siren
 from models.system import ImplicitImageSystem
-from nuir.render import pixel_to_unit
+from nuir.geometry import pixel_to_unit
 from nuir.samplers import uniform_grid
 
 
@@ -26,26 +27,30 @@ def test_point_positions_change_after_training_steps(tmp_path: Path) -> None:
         Siren(out_features=3), n_points=200, placement="gradient", learn_sigma=False
     )
     initial.initialise_from_target(cli.datamodule.image)
-    moved = (system.points.detach() - initial.points).norm(dim=1)  # [N]
+    moved = (system.points.detach() - initial.points.detach()).norm(dim=1)  # [N]
     assert system.global_step == 2
     assert (moved > 0).float().mean() > 0.9  # (almost) every point learned a new position
     assert moved.max() < 1.0  # two Adam steps of lr 0.01 move a point by ~0.03 px
     x, y = system.points[:, 0], system.points[:, 1]
     assert (x >= -0.5).all() and (x <= SIZE - 0.5).all()
     assert (y >= -0.5).all() and (y <= SIZE - 0.5).all()
-    torch.testing.assert_close(system.log_sigma, initial.log_sigma)  # not learned here
+    torch.testing.assert_close(system.sigma(), initial.sigma())  # not learned here
 
 
 def test_position_gradient_flows_through_weights_and_network_values() -> None:
     torch.manual_seed(0)
     target = torch.rand(1, 12, 12, dtype=torch.float64)
     system = ImplicitImageSystem(
-        Siren(out_features=1, hidden_features=16, hidden_layers=1), n_points=30, placement="random"
+        Siren(out_features=1, hidden_features=16, hidden_layers=1),
+        objective="reconstruction",
+        n_points=30,
+        placement="random",
     ).double()
     system.initialise_from_target(target)
+    positions = system.point_set.positions  # the parameter [N, 2] (all 30 slots in use)
     prediction, _ = system.reconstruct_window()
     loss = torch.nn.functional.mse_loss(prediction, target)
-    (grad,) = torch.autograd.grad(loss, system.points)
+    (grad,) = torch.autograd.grad(loss, positions)
     # Finite differences of the whole loss: point 3 moves, so both its Gaussian and the
     # network's value at it change.
     eps = 1e-6
@@ -54,21 +59,21 @@ def test_position_gradient_flows_through_weights_and_network_values() -> None:
         with torch.no_grad():
             values = []
             for sign in (1, -1):
-                system.points[3, axis] += sign * eps
+                positions[3, axis] += sign * eps
                 values.append(
                     float(torch.nn.functional.mse_loss(system.reconstruct_window()[0], target))
                 )
-                system.points[3, axis] -= sign * eps
+                positions[3, axis] -= sign * eps
         numeric.append((values[0] - values[1]) / (2 * eps))
     torch.testing.assert_close(
         grad[3], torch.tensor(numeric, dtype=torch.float64), rtol=1e-4, atol=1e-9
     )
     # The network path alone (Gaussian weights frozen) is a real part of it.
-    frozen = system.points.detach().clone()
-    values = system.network(pixel_to_unit(system.points, (12, 12)))  # [N, 1]
+    frozen = positions.detach().clone()
+    values = system.network(pixel_to_unit(positions, (12, 12)))  # [N, 1]
     network_path = nuir.interpolate(frozen, values, (12, 12), system.sigma())
     (grad_network,) = torch.autograd.grad(
-        torch.nn.functional.mse_loss(network_path, target), system.points
+        torch.nn.functional.mse_loss(network_path, target), positions
     )
     assert grad_network.abs().sum() > 0.01 * grad.abs().sum()
     assert not torch.allclose(grad_network, grad)
@@ -92,25 +97,34 @@ def test_event_file_holds_scalars_images_histogram_and_hparams(tmp_path: Path) -
     tags = events.Tags()
     for tag in (
         "train/loss",
-        "train/psnr",
+        "train/psnr_samples",
+        "train/psnr_reconstruction",
         "train/network_evaluations",
-        "val/loss",
-        "val/psnr",
-        "val/ssim",
-        "val/psnr_network_dense",
+        "train/points",
+        "val/psnr_network",
+        "val/ssim_network",
+        "val/psnr_reconstruction",
+        "val/ssim_reconstruction",
+        "val/points",
         "hp/psnr",
         "hp/ssim",
     ):
         assert tag in tags["scalars"], tag
-    for tag in ("images/target", "images/reconstruction", "images/abs_error_x4", "images/points"):
+    for tag in (
+        "images/target",
+        "images/network",
+        "images/network_abs_error_x4",
+        "images/reconstruction",
+        "images/points",
+    ):
         assert tag in tags["images"], tag
     assert "sigma" in tags["histograms"]
     assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
     assert len(events.Scalars("train/loss")) == 4
-    assert [event.step for event in events.Images("images/reconstruction")] == [2, 4]
+    assert [event.step for event in events.Images("images/network")] == [2, 4]
     points_image = events.Images("images/points")[0]
     assert points_image.width == 16 * SIZE  # upscaled so the points are visible
-    assert all(np.isfinite(event.value) for event in events.Scalars("val/ssim"))
+    assert all(np.isfinite(event.value) for event in events.Scalars("val/ssim_network"))
     # The full config is saved beside the logs, overrides included.
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert saved["model"]["n_points"] == 200
@@ -123,9 +137,14 @@ def final_state(cli) -> dict[str, torch.Tensor]:
 
 
 def test_resume_from_last_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    # Points split and pruned every 2 steps, so the resume (at step 3) crosses adaptations.
     common = (
         "--model.learn_sigma",
         "true",
+        "--model.max_points",
+        "260",
+        "--model.adapt_interval",
+        "2",
         "--model.crop_size",
         "20",
         "--data.steps_per_epoch",
@@ -134,9 +153,10 @@ def test_resume_from_last_equals_an_uninterrupted_run(tmp_path: Path) -> None:
         "false",
     )
     whole = fit(tmp_path, *common, run_dir="whole", steps=6)
-    # The same run (same max_steps, so the same cosine schedule), stopped after its first epoch
-    # of 3 steps, then resumed.
-    first = fit(tmp_path, *common, "--trainer.max_epochs", "1", run_dir="parts", steps=6)
+    # The same run (same length, so the same cosine schedule), interrupted after 3 steps (the end
+    # of its first epoch, where the checkpoint is written), then resumed.
+    stop = '{"class_path": "_helpers.StopAfter", "init_args": {"step": 3}}'
+    first = fit(tmp_path, *common, "--trainer.callbacks+", stop, run_dir="parts", steps=6)
     assert first.trainer.global_step == 3
     last = tmp_path / "parts" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 3
@@ -148,6 +168,7 @@ def test_resume_from_last_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
     assert int(got["network_evaluations"]) == int(expected["network_evaluations"])
+    assert 200 < whole.model.point_set.count == resumed.model.point_set.count <= 260
     # The optimiser state (Adam moments of network, points and sigma) matches too.
     whole_ckpt = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True)
     parts_ckpt = torch.load(tmp_path / "parts" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -161,11 +182,83 @@ def test_resume_from_last_equals_an_uninterrupted_run(tmp_path: Path) -> None:
         )
 
 
+def test_adaptation_keeps_the_point_count_within_budget(tmp_path: Path) -> None:
+    cli = fit(
+        tmp_path,
+        "--model.max_points",
+        "240",
+        "--model.adapt_interval",
+        "1",
+        "--model.grow_fraction",
+        "0.1",
+        "--model.prune_fraction",
+        "0.05",
+        "--trainer.log_every_n_steps",
+        "1",
+        steps=8,
+    )
+    counts = [
+        event.value
+        for event in event_tags(tmp_path / "run" / "logs" / "version_0").Scalars("train/points")
+    ]
+    assert counts[0] == 200  # logged before the first adaptation
+    assert all(0 < count <= 240 for count in counts)
+    assert counts[-1] == 240 and max(counts) == 240  # grew to the budget, then relocated
+    points = cli.model.point_set
+    assert points.count == 240 and (points.cell[:240] > 0).all()
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--model.max_points", "100", "max_points"),
+        ("--model.adapt_interval", "-1", "adapt_interval"),
+        ("--model.adapt_end", "0", "adapt_end"),
+    ],
+)
+def test_impossible_adaptation_schedule_fails_before_training(
+    tmp_path: Path, option: str, value: str, message: str
+) -> None:
+    extra = ("--model.adapt_interval", "5") if option == "--model.adapt_end" else ()
+    with pytest.raises(ValueError, match=message):
+        fit(tmp_path, option, value, *extra)
+    assert not (tmp_path / "run" / "logs").exists()
+
+
+def test_runs_with_different_names_keep_separate_checkpoints(tmp_path: Path) -> None:
+    image = tiny_photo(tmp_path / "photo.png")
+    for name in ("first", "second"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            train_entry().main(
+                [
+                    "fit",
+                    "--config",
+                    str(ROOT / "configs" / "debug.yaml"),
+                    "--data.path",
+                    str(image),
+                    "--model.n_points",
+                    "100",
+                    "--trainer.max_steps",
+                    "1",
+                    "--trainer.enable_progress_bar",
+                    "false",
+                    "--trainer.logger.init_args.save_dir",
+                    str(tmp_path / "runs"),
+                    "--trainer.logger.init_args.name",
+                    name,
+                ]
+            )
+    for name in ("first", "second"):
+        assert (tmp_path / "runs" / name / "checkpoints" / "last.ckpt").is_file()
+        assert (tmp_path / "runs" / name / "version_0" / "config.yaml").is_file()
+
+
 @pytest.mark.parametrize("mode", ["dense", "dense_random"])
 def test_dense_baselines_train(tmp_path: Path, mode: str) -> None:
     cli = fit(tmp_path, "--model.mode", mode, "--trainer.logger", "false", steps=3)
     system = cli.model
-    assert not hasattr(system, "points")
+    assert system.point_set is None
     per_step = SIZE * SIZE if mode == "dense" else 200
     assert int(system.network_evaluations) == 3 * per_step
     assert torch.isfinite(system.reconstruct()).all()
