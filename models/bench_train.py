@@ -41,7 +41,6 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from models.bench_render import benchmark_render, render_table
 from models.cli import build
@@ -148,7 +147,7 @@ class TrainingClock(Callback):
         self.elapsed += time.perf_counter() - self.started
         done = self.elapsed >= self.budget_s
         if done or self.elapsed >= self.next_eval:
-            self.score(trainer, pl_module, batch[0])
+            self.score(trainer, pl_module)
             self.next_eval += self.eval_every_s
         if done:
             trainer.should_stop = True
@@ -157,18 +156,13 @@ class TrainingClock(Callback):
             self.turns.pass_on(self.curve.name)
             self.turns.wait(self.curve.name)
 
-    @torch.no_grad()
-    def score(self, trainer, system: ImplicitImageSystem, target: torch.Tensor) -> None:
-        network = float(peak_signal_noise_ratio(system.network_image().clamp(0, 1), target, 1.0))
-        reconstruction = math.nan
-        if system.point_set is not None:
-            image = system.reconstruct().clamp(0, 1)
-            reconstruction = float(peak_signal_noise_ratio(image, target, 1.0))
+    def score(self, trainer, system: ImplicitImageSystem) -> None:
+        metrics = system.image_metrics(system.target)
         self.curve.seconds.append(self.elapsed)
         self.curve.steps.append(int(trainer.global_step))
         self.curve.evaluations.append(int(system.network_evaluations))
-        self.curve.psnr_network.append(network)
-        self.curve.psnr_reconstruction.append(reconstruction)
+        self.curve.psnr_network.append(metrics["psnr_network"])
+        self.curve.psnr_reconstruction.append(metrics.get("psnr_reconstruction", math.nan))
 
 
 def make_trainer(clock: TrainingClock, accelerator: str) -> pl.Trainer:

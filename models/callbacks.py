@@ -32,7 +32,7 @@ def draw_points(image: torch.Tensor, points: torch.Tensor, min_side: int = 512) 
 
     Args:
         image: [C, H, W] in [0, 1].
-        points: [N, 2] (x, y) pixel positions on the image.
+        points: [N, 2] (x, y) pixel positions on the image (those outside are left out).
         min_side: upscale by an integer factor until the shorter side is at least this.
     Returns:
         [3, H * s, W * s] with s = ceil(min_side / min(H, W)).
@@ -41,7 +41,9 @@ def draw_points(image: torch.Tensor, points: torch.Tensor, min_side: int = 512) 
     scale = max(1, math.ceil(min_side / min(height, width)))
     canvas = 0.5 * as_rgb(image)  # [3, H, W]
     canvas = canvas.repeat_interleave(scale, 1).repeat_interleave(scale, 2)  # [3, Hs, Ws]
-    on_canvas = ((points.detach().float().cpu() + 0.5) * scale - 0.5).round().long()  # [N, 2]
+    points = points.detach().float().cpu()
+    inside = ((points >= -0.5) & (points < points.new_tensor([width, height]) - 0.5)).all(1)
+    on_canvas = ((points[inside] + 0.5) * scale - 0.5).round().long()  # [n, 2]
     x = on_canvas[:, 0].clamp(0, width * scale - 1)
     y = on_canvas[:, 1].clamp(0, height * scale - 1)
     red = torch.tensor([1.0, 0.15, 0.15])
@@ -57,18 +59,18 @@ class ImageLogger(Callback):
     def on_validation_epoch_end(self, trainer, system) -> None:
         if trainer.sanity_checking or not isinstance(trainer.logger, TensorBoardLogger):
             return
-        images = system.last_validation
+        images = system.last_validation  # the central window of at most 1024 x 1024
         if not images:
             return
         writer, step = trainer.logger.experiment, int(trainer.global_step)
         target = images["target"]
         writer.add_image("images/target", as_rgb(target), step)
         writer.add_image("images/network", as_rgb(images["network"]), step)
-        error = (images["network"] - target).abs().mean(0, keepdim=True)  # [1, H, W]
+        error = (images["network"] - target).abs().mean(0, keepdim=True)  # [1, h, w]
         writer.add_image("images/network_abs_error_x4", (4 * error).clamp(0, 1), step)
         if "reconstruction" in images:
             writer.add_image("images/reconstruction", as_rgb(images["reconstruction"]), step)
-            writer.add_image("images/points", draw_points(target, system.points), step)
+            writer.add_image("images/points", draw_points(target, images["points"]), step)
             writer.add_histogram("sigma", system.sigma().detach().cpu(), step)
 
     def on_train_start(self, trainer, system) -> None:
@@ -83,9 +85,8 @@ class FitSummary(Callback):
     @rank_zero_only
     def on_fit_end(self, trainer, system) -> None:
         lines = [f"\nnuir: fit ended after {trainer.global_step} steps."]
-        target = getattr(trainer.datamodule, "image", None)
-        if isinstance(target, torch.Tensor):
-            metrics, _ = system.image_metrics(target.to(system.device))
+        if trainer.datamodule is not None:
+            metrics = system.image_metrics(system.target)
             lines.append(
                 f"  the network (the implicit image) at every pixel: "
                 f"PSNR {float(metrics['psnr_network']):.2f} dB, "

@@ -1,25 +1,36 @@
-"""The data side of training an implicit image: one target image, served every step.
+"""The data side of training an implicit image: one target image, read by windows.
 
-``ImageDataModule`` reads the image (``nuir.image_files``: PNG / JPEG / TIFF / anything Pillow
-reads, 8- or 16-bit, grey, grey+alpha, RGB or RGBA) when constructed, so a missing or unreadable
-file stops the run before any training, with a message naming the path.
+``ImageDataModule`` reads the image (``nuir.image_files``: PNG / JPEG / TIFF / ``.npy`` /
+anything Pillow reads, 8- or 16-bit, grey, grey+alpha, RGB or RGBA) when constructed, so a
+missing or unreadable file stops the run before any training, with a message naming the path.
+It keeps the pixels in the file's own type (a 4096 x 4096 RGB photo stays 50 MB of uint8, not
+200 MB of float32), memory-maps a large uncompressed TIFF or ``.npy`` with ``mmap: true``, and
+converts only the windows the system asks for (:meth:`ImageDataModule.window`).
+
+The loaders yield only step numbers: what a step trains on (a crop, a batch of pixels) is drawn
+by the system from its seed, the step and the process rank, so draws repeat after a resume and
+differ between the processes of a distributed run.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset
 
-from nuir.image_files import load_image as _load_file
+from nuir.image_files import read_image_array, to_unit_float
 from nuir.image_files import resolve_image_path as _resolve_file
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent / "assets" / "astronaut_256.png"
+
+# Steps has a length on purpose (epochs of steps_per_epoch steps); it is read in the main process.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 def resolve_image_path(path: str | os.PathLike | None) -> Path:
@@ -33,36 +44,39 @@ def resolve_image_path(path: str | os.PathLike | None) -> Path:
 
 def load_image(path: str | os.PathLike | None) -> torch.Tensor:
     """The image at ``path`` (None: the bundled photo) as float32 [C, H, W] in [0, 1]."""
-    return _load_file(resolve_image_path(path))
+    path = resolve_image_path(path)
+    return to_unit_float(read_image_array(path), path)
 
 
-class RepeatedImage(Dataset):
-    """The same target image [C, H, W], ``length`` times: one epoch = ``length`` steps."""
+class Steps(IterableDataset):
+    """``length`` step numbers per epoch, on every process (an iterable dataset: no distributed
+    sampler splits it)."""
 
-    def __init__(self, image: torch.Tensor, length: int) -> None:
-        self.image = image
+    def __init__(self, length: int) -> None:
         self.length = length
+
+    def __iter__(self):
+        return iter(range(self.length))
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.image
-
 
 class ImageDataModule(pl.LightningDataModule):
-    """Serves one target image: the training loader yields it each step, validation once.
+    """Serves one target image by windows; the loaders yield step numbers.
 
     Args:
-        path: image file (PNG, JPEG, TIFF, ...; 8- or 16-bit; grey, RGB or RGBA), or
+        path: image file (PNG, JPEG, TIFF, .npy, ...; 8- or 16-bit; grey, RGB or RGBA), or
             ``skimage:NAME`` for a photo shipped inside scikit-image (``skimage:astronaut``,
             ``skimage:coffee``, ...). Default: the bundled 256 x 256 photo
             ``models/assets/astronaut_256.png``.
-        resize: (H, W) to resize the image to (Lanczos), or None to keep its size.
+        resize: (H, W) to resize the image to (Lanczos, read whole), or None to keep its size.
         channels: keep the file's channels (None) or convert to 1 (grey) or 3 (RGB; alpha is
             dropped, grey is repeated).
         steps_per_epoch: training steps per epoch (validation, image logging and checkpoints
             happen once per epoch by default).
+        mmap: memory-map the file instead of reading it (uncompressed TIFF or .npy; others are
+            read whole).
     """
 
     def __init__(
@@ -71,6 +85,7 @@ class ImageDataModule(pl.LightningDataModule):
         resize: tuple[int, int] | None = None,
         channels: int | None = None,
         steps_per_epoch: int = 100,
+        mmap: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
@@ -78,28 +93,45 @@ class ImageDataModule(pl.LightningDataModule):
         if channels not in (None, 1, 3):
             raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
         self.path = resolve_image_path(path)
-        image = load_image(self.path)  # [C, H, W]
+        pixels = read_image_array(self.path, mmap=mmap)  # [H, W, C], the file's type
         if resize is not None:
-            image = _resize(image, resize)
-        if channels is not None:
-            image = _convert_channels(image, channels)
-        self.image = image  # [C, H, W] float32 in [0, 1]
+            pixels = _resize(to_unit_float(pixels, self.path), resize).numpy().transpose(1, 2, 0)
+        self.pixels = pixels
+        self.channels = channels
         self.steps_per_epoch = steps_per_epoch
 
     @property
     def size(self) -> tuple[int, int]:
         """(H, W) of the target."""
-        return int(self.image.shape[1]), int(self.image.shape[2])
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
     @property
     def num_channels(self) -> int:
-        return int(self.image.shape[0])
+        return self.channels or (1 if self.pixels.shape[2] == 1 else self.pixels.shape[2])
+
+    def window(self, window: tuple[int, int, int, int]) -> torch.Tensor:
+        """Pixels of a window (row0, col0, h, w) as float32 [C, h, w] in [0, 1]."""
+        row0, col0, height, width = window
+        crop = to_unit_float(self.pixels[row0 : row0 + height, col0 : col0 + width], self.path)
+        return _convert_channels(crop, self.channels) if self.channels else crop
+
+    def pixels_at(self, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """Pixels at integer (row, column) positions [n] as float32 [n, C] in [0, 1]."""
+        picked = self.pixels[rows.numpy(), columns.numpy()]  # [n, C]
+        values = to_unit_float(picked[None], self.path)  # [C, 1, n]
+        values = _convert_channels(values, self.channels) if self.channels else values
+        return values[:, 0].T
+
+    @property
+    def image(self) -> torch.Tensor:
+        """The whole image as float32 [C, H, W] (converts everything: for small images)."""
+        return self.window((0, 0, *self.size))
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(RepeatedImage(self.image, self.steps_per_epoch), batch_size=1)
+        return DataLoader(Steps(self.steps_per_epoch), batch_size=1)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(RepeatedImage(self.image, 1), batch_size=1)
+        return DataLoader(Steps(1), batch_size=1)
 
 
 def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

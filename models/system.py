@@ -34,6 +34,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
@@ -42,7 +43,7 @@ from torchmetrics.functional.image import (
 
 import nuir
 from models.point_set import AdaptSchedule, PointSet
-from nuir.geometry import pixel_centres, pixel_to_unit, points_reaching
+from nuir.geometry import pixel_centres, pixel_to_unit, points_reaching, tile_windows
 from nuir.renderers import evaluate_network
 from nuir.samplers import PLACEMENTS, local_spacing, sample_points
 
@@ -191,28 +192,60 @@ class ImplicitImageSystem(pl.LightningModule):
             )
         self.last_validation: dict[str, torch.Tensor] = {}  # images for the logging callback
         self.show_summary = True  # print the final figures and next commands when fit ends
+        self.last_window: Window | None = None  # the window the last training step used
 
     # --- set-up -------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        target = getattr(datamodule, "image", None)
-        if not isinstance(target, torch.Tensor) or target.dim() != 3:
-            raise ValueError(
-                "ImplicitImageSystem needs a datamodule with an `image` tensor [C, H, W] "
-                "(e.g. models.data.ImageDataModule)"
+        data = self.datamodule
+        image = data.image if self.placement == "gradient" and not bool(self.initialised) else None
+        self.initialise(data.size, data.num_channels, image)
+        world = self.trainer.world_size
+        if world > 1 and self.crop_size is None and self.mode != "dense_random":
+            rank_zero_warn(
+                f"{world} processes train without --model.crop_size: every one of them "
+                + (
+                    "reconstructs the whole image each step (only the points' samples differ)"
+                    if self.mode == "sparse"
+                    else "evaluates the network at every pixel each step: the same work"
+                )
+                + f", so they cost {world} times one and supervise little more. Set "
+                "--model.crop_size so each process trains on its own crop.",
+                category=UserWarning,
             )
-        self.initialise_from_target(target)
+
+    @property
+    def datamodule(self):
+        """The trainer's data module, which reads windows of the target image."""
+        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if data is None or not hasattr(data, "window"):
+            raise ValueError(
+                "ImplicitImageSystem needs a datamodule that reads windows of its image "
+                "(models.data.ImageDataModule)"
+            )
+        return data
+
+    def target(self, window: Window) -> torch.Tensor:
+        """The target image's pixels in a window, on this system's device: [C, h, w]."""
+        return self.datamodule.window(window).to(self.device)
 
     def configure_callbacks(self) -> list[Callback]:
         from models.callbacks import FitSummary, ImageLogger
 
         return [ImageLogger(), FitSummary()] if self.show_summary else [ImageLogger()]
 
-    @torch.no_grad()
     def initialise_from_target(self, target: torch.Tensor) -> None:
-        """Check the network against the target [C, H, W] and place the points (once)."""
-        channels, height, width = target.shape
+        """:meth:`initialise` from a target image [C, H, W] held in memory."""
+        self.initialise(tuple(target.shape[1:]), target.shape[0], target)
+
+    @torch.no_grad()
+    def initialise(
+        self, size: tuple[int, int], channels: int, image: torch.Tensor | None = None
+    ) -> None:
+        """Check the network against the image's channels and place the points (once).
+
+        ``image`` [C, H, W] is needed only by the ``"gradient"`` placement."""
+        height, width = size
         out = self.network(torch.zeros(1, 2, device=self.device, dtype=self.coordinate_dtype))
         if out.dim() != 2 or out.shape[-1] != channels:
             raise ValueError(
@@ -232,7 +265,7 @@ class ImplicitImageSystem(pl.LightningModule):
         if self.point_set is not None:
             generator = torch.Generator().manual_seed(self.seed)
             points = sample_points(
-                self.placement, (height, width), self.n_points, image=target, generator=generator
+                self.placement, (height, width), self.n_points, image=image, generator=generator
             )
             if self.initial_sigma is not None:
                 sigma = torch.full((self.n_points,), float(self.initial_sigma))
@@ -338,32 +371,24 @@ class ImplicitImageSystem(pl.LightningModule):
         values = self.network(pixel_to_unit(centres, self.size))  # [h*w, C]
         return values.T.reshape(-1, h, w)
 
-    @torch.no_grad()
     def reconstruct(self) -> torch.Tensor:
         """The point set's image of the whole raster, without gradients: [C, H, W]: the network
         at the points, interpolated (sparse mode); the network at every pixel otherwise."""
         if self.point_set is None:
             return self.network_image()
-        values = evaluate_network(
-            self.network, pixel_to_unit(self.points, self.size), self.chunk_size
-        )
-        return nuir.interpolate(self.points, values, self.size, self.sigma(), cutoff=self.cutoff)
+        return self.reconstruct_tile((0, 0, *self.size))
 
-    @torch.no_grad()
     def network_image(self) -> torch.Tensor:
         """The network evaluated at every pixel centre of the training raster: [C, H, W]."""
-        height, width = self.size
-        centres = pixel_centres(
-            (0, 0, height, width), device=self.device, dtype=self.coordinate_dtype
-        )  # [H*W, 2]
-        values = evaluate_network(self.network, pixel_to_unit(centres, self.size), self.chunk_size)
-        return values.T.reshape(-1, height, width)
+        return self.network_tile((0, 0, *self.size))
 
     # --- training ---------------------------------------------------------------------------------
 
     def step_generator(self) -> torch.Generator:
-        """A CPU generator seeded by (seed, global step): the same draws after a resume."""
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.global_step))
+        """A CPU generator seeded by (seed, global step, process rank): the same draws after a
+        resume, different ones on each process of a distributed run."""
+        seed = self.seed * 1_000_003 + int(self.global_step) + 7_919_000_003 * self.global_rank
+        return torch.Generator().manual_seed(seed)
 
     def random_window(self, generator: torch.Generator) -> Window:
         height, width = self.size
@@ -379,17 +404,16 @@ class ImplicitImageSystem(pl.LightningModule):
             return F.l1_loss(prediction, target)
         return F.mse_loss(prediction, target)
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        target = batch[0]  # [C, H, W]
-        generator = self.step_generator()
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        generator = self.step_generator()  # the batch is only the step number: draws are ours
         if self.mode == "dense_random":
-            loss, evaluations = self.dense_random_step(target, generator)
+            loss, evaluations = self.dense_random_step(generator)
         else:
             window = self.random_window(generator)
-            row0, col0, h, w = window
-            crop = target[:, row0 : row0 + h, col0 : col0 + w]
+            self.last_window = window
+            crop = self.target(window)  # [C, h, w]
             if self.mode == "dense":
-                loss, evaluations = self.loss_fn(self.dense_window(window), crop), h * w
+                loss, evaluations = self.loss_fn(self.dense_window(window), crop), crop[0].numel()
             elif self.objective == "reconstruction":
                 prediction, evaluations = self.reconstruct_window(window)
                 loss = self.loss_fn(prediction, crop)
@@ -403,15 +427,13 @@ class ImplicitImageSystem(pl.LightningModule):
             self.log("train/points", float(self.point_set.count))
         return loss
 
-    def dense_random_step(
-        self, target: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, int]:
+    def dense_random_step(self, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         height, width = self.size
-        index = torch.randint(0, height * width, (self.n_points,), generator=generator)
-        index = index.to(self.device)  # [n]
-        centres = torch.stack([index % width, index // width], dim=-1)
-        prediction = self.network(pixel_to_unit(centres.to(self.coordinate_dtype), self.size))
-        samples = target.flatten(1)[:, index].T  # [n, C]
+        index = torch.randint(0, height * width, (self.n_points,), generator=generator)  # [n]
+        rows, columns = index // width, index % width
+        samples = self.datamodule.pixels_at(rows, columns).to(self.device)  # [n, C]
+        centres = torch.stack([columns, rows], dim=-1).to(self.device, self.coordinate_dtype)
+        prediction = self.network(pixel_to_unit(centres, self.size))
         self.log("train/psnr_samples", _psnr(prediction, samples))
         return self.loss_fn(prediction, samples), self.n_points
 
@@ -472,30 +494,109 @@ class ImplicitImageSystem(pl.LightningModule):
     # --- validation -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def image_metrics(self, target: torch.Tensor) -> tuple[dict[str, float], dict]:
-        """PSNR / SSIM of the network's dense image (and of the point set's reconstruction)
-        against the target [C, H, W]; returns (metrics, images)."""
-        network = self.network_image().clamp(0, 1)
-        images = {"target": target, "network": network}
+    def network_tile(self, window: Window) -> torch.Tensor:
+        """The network at every pixel of a window, without gradients, in chunks: [C, h, w]."""
+        _, _, h, w = window
+        centres = pixel_centres(window, device=self.device, dtype=self.coordinate_dtype)
+        values = evaluate_network(self.network, pixel_to_unit(centres, self.size), self.chunk_size)
+        return values.T.reshape(-1, h, w)
+
+    @torch.no_grad()
+    def reconstruct_tile(self, window: Window) -> torch.Tensor:
+        """The point set's image of a window, without gradients, from the network at the points
+        reaching it (in chunks): [C, h, w]."""
+        row0, col0, h, w = window
+        index = self.points_reaching(window)
+        points = self.points if index is None else self.point_set.positions[index]  # [n, 2]
+        sigma = self.sigma() if index is None else self.point_set.log_sigma[index].exp()
+        values = evaluate_network(self.network, pixel_to_unit(points, self.size), self.chunk_size)
+        offset = points.new_tensor([col0, row0])
+        return nuir.interpolate(points - offset, values, (h, w), sigma, cutoff=self.cutoff)
+
+    @torch.no_grad()
+    def image_metrics(
+        self,
+        read_target,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        reduce=None,
+        tile_size: int = 1024,
+    ) -> dict[str, float]:
+        """PSNR (and SSIM) of the network's dense image, and of the point set's reconstruction,
+        against the target, tile by tile: nothing image-sized is held in float.
+
+        Args:
+            read_target: window (row0, col0, h, w) -> target pixels [C, h, w].
+            rank, world_size, reduce: process ``rank`` of ``world_size`` scores every
+                ``world_size``-th tile; ``reduce`` sums a tensor over the processes.
+        SSIM is the pixel-weighted mean over tiles of at least 64 x 64 (exact for an image of
+        one tile).
+        """
+        sums = torch.zeros(6, dtype=torch.float64)  # squared errors, SSIM x pixels, pixels
+        for window in tile_windows(self.size, tile_size)[rank::world_size]:
+            target = read_target(window).to(self.device)
+            pixels = window[2] * window[3]
+            weigh = min(window[2:]) >= 64 or window[2:] == self.size
+            network = self.network_tile(window).clamp(0, 1)
+            sums[0] += float((network - target).double().square().sum())
+            if weigh:
+                sums[2] += float(_ssim(network, target)) * pixels
+                sums[5] += pixels
+            if self.point_set is not None:
+                reconstruction = self.reconstruct_tile(window).clamp(0, 1)
+                sums[1] += float((reconstruction - target).double().square().sum())
+                if weigh:
+                    sums[3] += float(_ssim(reconstruction, target)) * pixels
+            sums[4] += target.numel()
+        if reduce is not None:
+            sums = reduce(sums.to(self.device)).cpu()
         metrics = {
-            "psnr_network": _psnr(network, target),
-            "ssim_network": _ssim(network, target),
+            "psnr_network": _psnr_of(sums[0], sums[4]),
+            "ssim_network": float(sums[2] / sums[5]) if sums[5] > 0 else math.nan,
         }
         if self.point_set is not None:
-            reconstruction = self.reconstruct().clamp(0, 1)
-            images["reconstruction"] = reconstruction
-            metrics["psnr_reconstruction"] = _psnr(reconstruction, target)
-            metrics["ssim_reconstruction"] = _ssim(reconstruction, target)
-        return metrics, images
+            metrics["psnr_reconstruction"] = _psnr_of(sums[1], sums[4])
+            metrics["ssim_reconstruction"] = float(sums[3] / sums[5]) if sums[5] > 0 else math.nan
+        return metrics
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        metrics, self.last_validation = self.image_metrics(batch[0])
-        for name, value in metrics.items():
-            self.log(f"val/{name}", value, prog_bar=name.startswith("psnr"))
-        self.log("hp/psnr", metrics["psnr_network"])
-        self.log("hp/ssim", metrics["ssim_network"])
+    @torch.no_grad()
+    def preview(self, read_target, side: int = 1024) -> dict[str, torch.Tensor]:
+        """Target, network and reconstruction of the central side x side window (the whole
+        image when it is smaller), for display: [C, h, w] each."""
+        height, width = self.size
+        h, w = min(side, height), min(side, width)
+        window = ((height - h) // 2, (width - w) // 2, h, w)
+        target = read_target(window).to(self.device)
+        images = {"target": target, "network": self.network_tile(window)}
         if self.point_set is not None:
-            self.log("val/points", float(self.point_set.count))
+            images["reconstruction"] = self.reconstruct_tile(window)
+            offset = torch.tensor([window[1], window[0]], device=self.device)
+            images["points"] = self.points.detach() - offset  # positions on the preview
+        return {k: v.clamp(0, 1) if k != "points" else v for k, v in images.items()}
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        trainer = self.trainer
+        reduce = None
+        if trainer.world_size > 1:
+            reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+        metrics = self.image_metrics(
+            self.target, rank=self.global_rank, world_size=trainer.world_size, reduce=reduce
+        )
+        # The same values on every process (summed above), so syncing them changes nothing.
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name.startswith("psnr"), sync_dist=True)
+        self.log("hp/psnr", metrics["psnr_network"], sync_dist=True)
+        self.log("hp/ssim", metrics["ssim_network"], sync_dist=True)
+        if self.point_set is not None:
+            self.log("val/points", float(self.point_set.count), sync_dist=True)
+        if self.global_rank == 0 and not trainer.sanity_checking:
+            self.last_validation = self.preview(self.target)
+
+
+def _psnr_of(squared_error: torch.Tensor, count: torch.Tensor) -> float:
+    mse = float(squared_error) / max(float(count), 1.0)
+    return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
 def _psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

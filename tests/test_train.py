@@ -387,8 +387,17 @@ def test_data_module_default_photo_resize_and_channels() -> None:
     small = ImageDataModule(resize=(64, 48), channels=1)
     assert small.image.shape == (1, 64, 48)
     assert 0.0 <= float(small.image.min()) and float(small.image.max()) <= 1.0
-    batch = next(iter(small.train_dataloader()))
-    assert batch.shape == (1, 1, 64, 48)
+    steps = [int(batch) for batch in small.train_dataloader()]  # the loader yields step numbers
+    assert steps == list(range(100))
+    assert data.pixels.dtype == np.uint8  # kept in the file's type; windows converted on demand
+    window = data.window((10, 20, 5, 7))
+    assert window.dtype == torch.float32 and window.shape == (3, 5, 7)
+    torch.testing.assert_close(window, data.image[:, 10:15, 20:27])
+    rows, columns = torch.tensor([3, 200]), torch.tensor([5, 100])
+    torch.testing.assert_close(data.pixels_at(rows, columns), data.image[:, rows, columns].T)
+    torch.testing.assert_close(
+        small.pixels_at(rows % 64, columns % 48)[:, 0], small.image[0, rows % 64, columns % 48]
+    )
     with pytest.raises(ValueError, match="steps_per_epoch"):
         ImageDataModule(steps_per_epoch=0)
     with pytest.raises(ValueError, match="channels"):
