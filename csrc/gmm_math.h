@@ -55,19 +55,38 @@ NUIR_HD T mahalanobis2(const Gaussian<T>& g, T dx, T dy) {
 }
 
 // Inclusive pixel index range [lo, hi] along one axis of length n covered by centre +- radius.
-// Empty when lo > hi. Radius may be +inf (cutoff = inf): then the whole axis.
+// Empty (lo > hi) when no pixel centre is covered, or when centre or radius is NaN. Radius may be
+// +inf (cutoff = inf): then the whole axis. Every value converted to an integer lies in [0, n - 1].
 NUIR_HD void pixel_range(double centre, double radius, int64_t n, int64_t& lo, int64_t& hi) {
   const double a = centre - radius;
   const double b = centre + radius;
-  lo = a <= 0.0 ? 0 : (a > double(n - 1) ? n : int64_t(ceil(a)));
-  hi = b >= double(n - 1) ? n - 1 : (b < 0.0 ? int64_t(-1) : int64_t(floor(b)));
+  if (!(a <= b) || b < 0.0 || a > double(n - 1)) {  // !(a <= b): also NaN
+    lo = n;
+    hi = n - 1;
+    return;
+  }
+  lo = a <= 0.0 ? 0 : int64_t(ceil(a));
+  hi = b >= double(n - 1) ? n - 1 : int64_t(floor(b));
 }
 
+NUIR_HD bool is_finite(double x) { return fabs(x) <= 1.7976931348623157e308; }  // not NaN, inf
+
 // Bounding box of the cutoff ellipse: half extents cutoff * sqrt(sxx), cutoff * sqrt(syy).
-NUIR_HD void cutoff_box(double mx, double my, double sxx, double syy, double cutoff, int64_t height,
-                        int64_t width, int64_t& x0, int64_t& x1, int64_t& y0, int64_t& y1) {
+// Returns whether it holds a pixel. A point whose mean or covariance is not finite, or whose
+// covariance is not positive definite, gets an empty box: it reaches no pixel, so the kernels
+// never evaluate its (meaningless) Gaussian.
+NUIR_HD bool cutoff_box(double mx, double my, double sxx, double sxy, double syy, double cutoff,
+                        int64_t height, int64_t width, int64_t& x0, int64_t& x1, int64_t& y0,
+                        int64_t& y1) {
+  const bool valid = is_finite(mx) && is_finite(my) && is_finite(sxx) && is_finite(sxy) &&
+                     is_finite(syy) && sxx > 0.0 && syy > 0.0 && sxx * syy - sxy * sxy > 0.0;
+  if (!valid) {
+    x0 = width, x1 = width - 1, y0 = height, y1 = height - 1;
+    return false;
+  }
   pixel_range(mx, cutoff * sqrt(sxx), width, x0, x1);
   pixel_range(my, cutoff * sqrt(syy), height, y0, y1);
+  return x0 <= x1 && y0 <= y1;
 }
 
 // Backward: accumulates, for one point, the sums that its gradients are made of.

@@ -17,10 +17,10 @@
 #include <cmath>
 #include <limits>
 #include <memory>
-#include <type_traits>
 #include <vector>
 
 #include "gmm_math.h"
+#include "op_common.h"
 
 namespace nuir {
 namespace {
@@ -28,9 +28,6 @@ namespace {
 // Bands are kLanes rows high; every inner loop runs over kLanes lanes of one row, a fixed trip
 // count that compiles to whole vector registers.
 constexpr int64_t kLanes = 16;
-
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 // kLanes values of one row, as a GCC/Clang vector: element-wise arithmetic compiles to whole
 // SIMD registers on any x86-64 / ARM target; comparisons give lane masks for `mask ? a : b`.
@@ -94,26 +91,6 @@ inline vec<double> exp_lanes(vec<double> x) {
 inline float exp_scalar(float x) { return exp_lanes(splat(x))[0]; }
 inline double exp_scalar(double x) { return std::exp(x); }
 
-void check_inputs(const at::Tensor& points, const at::Tensor& values, const at::Tensor& cov3,
-                  const at::Tensor& weights) {
-  TORCH_CHECK(points.dim() == 3 && points.size(2) == 2, "nuir: points must be [B, N, 2]");
-  TORCH_CHECK(values.dim() == 3 && values.size(0) == points.size(0) &&
-                  values.size(1) == points.size(1),
-              "nuir: values must be [B, N, C] matching points");
-  TORCH_CHECK(cov3.dim() == 3 && cov3.size(2) == 3 && cov3.size(0) == points.size(0) &&
-                  cov3.size(1) == points.size(1),
-              "nuir: cov3 must be [B, N, 3] matching points");
-  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == points.size(0) &&
-                  weights.size(1) == points.size(1),
-              "nuir: weights must be [B, N] matching points");
-  for (const auto* t : {&values, &cov3, &weights}) {
-    TORCH_CHECK(t->scalar_type() == points.scalar_type(), "nuir: all inputs must share a dtype");
-    TORCH_CHECK(t->device() == points.device(), "nuir: all inputs must be on one device");
-  }
-  TORCH_CHECK(points.scalar_type() == at::kFloat || points.scalar_type() == at::kDouble,
-              "nuir: the CPU kernel takes float32 or float64");
-}
-
 // Points whose cutoff box meets the raster (batch-flat indices), in the order of the
 // kLanes x kLanes tile where the box starts; stable, so equal keys keep the point order.
 // Working through points in this order keeps both passes' memory accesses local.
@@ -131,10 +108,10 @@ std::vector<int64_t> spatial_order(const scalar_t* points, const scalar_t* cov3,
       const scalar_t* p = points + 2 * i;
       const scalar_t* c = cov3 + 3 * i;
       int64_t* bx = &boxes[4 * i];
-      cutoff_box(double(p[0]), double(p[1]), double(c[0]), double(c[2]), cutoff, height, width,
-                 bx[0], bx[1], bx[2], bx[3]);
-      const bool empty = bx[0] > bx[1] || bx[2] > bx[3];
-      key[i] = empty ? -1 : ((i / n) * tiles_y + bx[2] / kLanes) * tiles_x + bx[0] / kLanes;
+      const bool reached = cutoff_box(double(p[0]), double(p[1]), double(c[0]), double(c[1]),
+                                      double(c[2]), cutoff, height, width, bx[0], bx[1], bx[2],
+                                      bx[3]);
+      key[i] = reached ? ((i / n) * tiles_y + bx[2] / kLanes) * tiles_x + bx[0] / kLanes : -1;
     }
   });
   std::vector<int64_t> start(batch * tiles_x * tiles_y + 1, 0);
@@ -285,25 +262,18 @@ std::tuple<at::Tensor, at::Tensor> gmm_forward_cpu(const at::Tensor& points,
                                                    const at::Tensor& cov3,
                                                    const at::Tensor& weights, int64_t height,
                                                    int64_t width, double cutoff, double fill) {
-  check_inputs(points, values, cov3, weights);
   TORCH_CHECK(height > 0 && width > 0, "nuir: height and width must be positive");
+  const PointTensors in =
+      checked_inputs(points, values, cov3, weights, cutoff, at::kCPU, /*half=*/false);
   TORCH_CHECK(points.size(1) < std::numeric_limits<int32_t>::max(), "nuir: too many points");
-  const auto p = points.contiguous(), v = values.contiguous(), c = cov3.contiguous(),
-             w = weights.contiguous();
-  const int64_t batch = p.size(0), channels = v.size(2);
-  auto image = at::empty({batch, channels, height, width}, v.options());
-  auto weight_map = at::empty({batch, height, width}, v.options());
-  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "gmm_forward_cpu", [&] {
-    auto run = [&](auto kc) {
-      forward_impl<scalar_t, decltype(kc)::value>(p, v, c, w, height, width, cutoff, fill, image,
-                                                 weight_map);
-    };
-    switch (channels) {
-      case 1: run(std::integral_constant<int, 1>{}); break;
-      case 3: run(std::integral_constant<int, 3>{}); break;
-      case 4: run(std::integral_constant<int, 4>{}); break;
-      default: run(std::integral_constant<int, 0>{});
-    }
+  const int64_t batch = points.size(0), channels = values.size(2);
+  auto image = at::empty({batch, channels, height, width}, in.values.options());
+  auto weight_map = at::empty({batch, height, width}, in.values.options());
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "gmm_forward_cpu", [&] {
+    dispatch_channels(channels, [&](auto kc) {
+      forward_impl<scalar_t, decltype(kc)::value>(in.points, in.values, in.cov3, in.weights,
+                                                 height, width, cutoff, fill, image, weight_map);
+    });
   });
   return {image, weight_map};
 }
@@ -321,12 +291,14 @@ void gather_point(const Gaussian<acc_t>& g, acc_t weight, const acc_t* value, in
                   int64_t plane, int64_t pitch, std::vector<acc_t>& ex_buf,
                   std::vector<acc_t>& ey_buf, const std::array<bool, 4>& need, acc_t* grad_value,
                   PointGradSums<acc_t>& sums) {
-  const bool need_points = need[0], need_values = need[1], need_cov = need[2], need_weights = need[3];
+  const bool need_points = need[0], need_values = need[1], need_cov = need[2],
+             need_weights = need[3];
   using V = vec<acc_t>;
   const int C = kC > 0 ? kC : channels;
   const V lane = lane_index<acc_t>();
   if (g.diagonal) {  // the Gaussian's x and y factors, once per column and row of the box
-    const int64_t nx = (x1 - x0 + kLanes) / kLanes * kLanes, ny = (y1 - y0 + kLanes) / kLanes * kLanes;
+    const int64_t nx = (x1 - x0 + kLanes) / kLanes * kLanes;
+    const int64_t ny = (y1 - y0 + kLanes) / kLanes * kLanes;
     ex_buf.resize(nx);
     ey_buf.resize(ny);
     for (int64_t j = 0; j < nx; j += kLanes) {
@@ -414,12 +386,12 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
     const scalar_t* gi = grad_image.data_ptr<scalar_t>();
     const scalar_t* gw = grad_weight ? grad_weight->data_ptr<scalar_t>() : nullptr;
     const scalar_t* img = image.data_ptr<scalar_t>();
-    const scalar_t* wm = weight_map.data_ptr<scalar_t>();
+    const acc_t* wm = weight_map.data_ptr<acc_t>();  // the accumulation type
     at::parallel_for(0, batch * height, 16, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> inv(width), s(width);
       for (int64_t by = begin; by < end; ++by) {
         const int64_t b = by / height, y = by % height;
-        const scalar_t* wrow = wm + by * width;
+        const acc_t* wrow = wm + by * width;
         for (int64_t x = 0; x < width; ++x) {
           const acc_t total = acc_t(wrow[x]);
           inv[x] = total > acc_t(0) ? acc_t(1) / total : acc_t(0);
@@ -438,7 +410,9 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
           std::fill(out + width, out + pitch, acc_t(0));
         }
         acc_t* out = map + C * plane;
-        for (int64_t x = 0; x < width; ++x) out[x] = s[x] - (gw ? acc_t(gw[by * width + x]) : acc_t(0));
+        for (int64_t x = 0; x < width; ++x) {
+          out[x] = s[x] - (gw ? acc_t(gw[by * width + x]) : acc_t(0));
+        }
         std::fill(out + width, out + pitch, acc_t(0));
       }
     });
@@ -457,7 +431,8 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
   // is handled by exactly one thread: no atomics. Points whose box misses the raster keep the
   // zero gradients they were allocated with.
   std::vector<int64_t> boxes;
-  const std::vector<int64_t> order = spatial_order(pts, cov, batch, n, height, width, cutoff, boxes);
+  const std::vector<int64_t> order =
+      spatial_order(pts, cov, batch, n, height, width, cutoff, boxes);
 
   at::parallel_for(0, int64_t(order.size()), 256, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> ex_buf, ey_buf;
@@ -504,32 +479,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_backward_cpu(
     const at::Tensor& image, const at::Tensor& weight_map, const at::Tensor& points,
     const at::Tensor& values, const at::Tensor& cov3, const at::Tensor& weights, double cutoff,
     std::array<bool, 4> output_mask) {
-  check_inputs(points, values, cov3, weights);
-  TORCH_CHECK(grad_image.sizes() == image.sizes(), "nuir: grad_image must match image");
-  const auto p = points.contiguous(), v = values.contiguous(), c = cov3.contiguous(),
-             w = weights.contiguous(), gi = grad_image.contiguous().to(p.scalar_type()),
-             img = image.contiguous(), wm = weight_map.contiguous();
-  at::Tensor gw;
-  if (grad_weight.has_value() && grad_weight->defined()) {
-    TORCH_CHECK(grad_weight->sizes() == weight_map.sizes(), "nuir: grad_weight must match weight");
-    gw = grad_weight->contiguous().to(p.scalar_type());
-  }
-  auto g_points = at::zeros_like(p), g_values = at::zeros_like(v), g_cov3 = at::zeros_like(c),
-       g_weights = at::zeros_like(w);
-  const int64_t channels = v.size(2);
-  const at::Tensor* gw_ptr = gw.defined() ? &gw : nullptr;
-  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "gmm_backward_cpu", [&] {
-    auto run = [&](auto kc) {
-      backward_impl<scalar_t, decltype(kc)::value>(gi, gw_ptr, img, wm, p, v, c, w, cutoff,
-                                                  output_mask, g_points, g_values, g_cov3,
-                                                  g_weights);
-    };
-    switch (channels) {
-      case 1: run(std::integral_constant<int, 1>{}); break;
-      case 3: run(std::integral_constant<int, 3>{}); break;
-      case 4: run(std::integral_constant<int, 4>{}); break;
-      default: run(std::integral_constant<int, 0>{});
-    }
+  const PointTensors in =
+      checked_inputs(points, values, cov3, weights, cutoff, at::kCPU, /*half=*/false);
+  const BackwardTensors t =
+      backward_tensors(grad_image, grad_weight, image, weight_map, points, values);
+  // Points that reach no pixel are not visited: their gradients stay zero.
+  auto g_points = at::zeros_like(in.points), g_values = at::zeros_like(in.values),
+       g_cov3 = at::zeros_like(in.cov3), g_weights = at::zeros_like(in.weights);
+  const at::Tensor* gw_ptr = t.grad_weight.defined() ? &t.grad_weight : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "gmm_backward_cpu", [&] {
+    dispatch_channels(values.size(2), [&](auto kc) {
+      backward_impl<scalar_t, decltype(kc)::value>(
+          t.grad_image, gw_ptr, t.image, t.weight_map, in.points, in.values, in.cov3, in.weights,
+          cutoff, output_mask, g_points, g_values, g_cov3, g_weights);
+    });
   });
   return {g_points, g_values, g_cov3, g_weights};
 }
