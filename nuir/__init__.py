@@ -1,6 +1,7 @@
 """nuir: differentiable non-uniform image interpolation with Gaussian mixtures (arXiv 2012.13257).
 
-Importing nuir never compiles anything; the compiled operator is built on first use.
+Importing nuir never compiles anything: the first call of the operator loads the kernels built by
+``pip install .`` or, failing that, builds them (see nuir/_backend.py).
 """
 
 from nuir._backend import backend_name

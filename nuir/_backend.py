@@ -1,14 +1,17 @@
-"""Loading of the compiled operator: every build flag lives here.
+"""Loading of the compiled operator: every build flag lives here (setup.py reads them too).
 
-Order: an extension built ahead of time (``nuir._C``), else a JIT build of ``csrc/`` with ninja
-through ``torch.utils.cpp_extension.load`` (cached by torch under ``TORCH_EXTENSIONS_DIR``), else
-the pure-PyTorch reference with one warning. Nothing is built at import time: the first call of
-the operator does it. ``NUIR_BACKEND=reference`` forces the reference, ``NUIR_BACKEND=compiled``
-turns a failed build into an error.
+Order: the extension built at install time (``nuir._C``, by ``pip install .``), else a JIT build of
+``csrc/`` with ninja through ``torch.utils.cpp_extension.load`` (cached by torch under
+``TORCH_EXTENSIONS_DIR``), else the pure-PyTorch reference with one warning. Nothing is built at
+import time: the first call of the operator does it. CUDA tensors never fall back to the
+reference (about 100x slower there): without CUDA kernels they raise an error that says why.
+``NUIR_BACKEND=reference`` forces the reference, ``NUIR_BACKEND=compiled`` turns a failed build
+into an error.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import threading
@@ -18,6 +21,8 @@ from pathlib import Path
 import torch
 
 _lock = threading.Lock()
+# "ok": compiled kernels are loaded; "origin": "prebuilt" or "jit"; "no_cuda": why there are no
+# CUDA kernels, where torch has CUDA.
 _state: dict[str, object] = {}
 
 # -fno-trapping-math lets the masked lane loops vectorise; no result depends on FP traps.
@@ -57,36 +62,77 @@ def sources(with_cuda: bool) -> list[str]:
     return [str(f) for f in files]
 
 
-def cuda_build_wanted() -> bool:
+def cuda_toolkit_problem() -> str | None:
+    """Why the CUDA kernels cannot be built with this PyTorch here; None if they can."""
     from torch.utils.cpp_extension import CUDA_HOME
 
-    return torch.cuda.is_available() and CUDA_HOME is not None and torch.version.cuda is not None
+    if torch.version.cuda is None:
+        return f"PyTorch {torch.__version__} is a build without CUDA"
+    if CUDA_HOME is None:
+        return "nvcc was not found (set CUDA_HOME to the CUDA toolkit)"
+    return None
 
 
-def _build() -> None:
+def has_cuda_kernels() -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key("nuir::gmm_forward", "CUDA")
+
+
+def _load_prebuilt() -> bool:
+    """Loads nuir._C if it was built at install time and fits this PyTorch."""
+    spec = importlib.util.find_spec("nuir._C")
+    if spec is None or spec.origin is None:
+        return False
     try:
-        import nuir._C  # noqa: F401  (prebuilt: registers the ops on import)
+        torch.ops.load_library(spec.origin)
+    except OSError as exc:  # built against another PyTorch: build again instead
+        warnings.warn(
+            f"nuir: the installed nuir._C does not load ({exc}); building the operator instead. "
+            "Reinstall nuir to build it against this PyTorch.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return False
+    _state["origin"] = "prebuilt"
+    if torch.cuda.is_available() and not has_cuda_kernels():
+        problem = cuda_toolkit_problem() or "the CUDA toolkit was missing when nuir was installed"
+        _state["no_cuda"] = (
+            f"the installed nuir._C was built without them ({problem}); reinstall nuir where "
+            "nvcc is found"
+        )
+    return True
 
-        return
-    except ImportError:
-        pass
+
+def _jit_build() -> None:
+    """Builds csrc/ (with CUDA where a GPU and the toolkit are present) and loads it."""
     from torch.utils.cpp_extension import load
 
-    with_cuda = cuda_build_wanted()
-    load(
-        name="nuir_ops_cuda" if with_cuda else "nuir_ops_cpu",
-        sources=sources(with_cuda),
-        extra_cflags=CXX_FLAGS + openmp_flags(),
-        extra_cuda_cflags=NVCC_FLAGS,
-        extra_ldflags=openmp_flags(),
-        extra_include_paths=[str(source_dir())],
-        is_python_module=False,
-        verbose=os.environ.get("NUIR_VERBOSE_BUILD", "") == "1",
-    )
+    def build(with_cuda: bool) -> None:
+        load(
+            name="nuir_ops_cuda" if with_cuda else "nuir_ops_cpu",
+            sources=sources(with_cuda),
+            extra_cflags=CXX_FLAGS + openmp_flags(),
+            extra_cuda_cflags=NVCC_FLAGS,
+            extra_ldflags=openmp_flags(),
+            extra_include_paths=[str(source_dir())],
+            is_python_module=False,
+            verbose=os.environ.get("NUIR_VERBOSE_BUILD", "") == "1",
+        )
+
+    _state["origin"] = "jit"
+    if torch.cuda.is_available():
+        problem = cuda_toolkit_problem()
+        if problem is None:
+            try:
+                build(with_cuda=True)
+                return
+            except Exception as exc:  # e.g. nvcc and PyTorch disagree on the CUDA version
+                problem = f"building them failed: {_first_error(exc)}"
+        _state["no_cuda"] = problem  # the CPU kernels alone, then
+    build(with_cuda=False)
 
 
 def compiled_available() -> bool:
-    """True when torch.ops.nuir is backed by compiled kernels; builds them on first call."""
+    """True when torch.ops.nuir is backed by compiled kernels; loads or builds them once."""
     if "ok" in _state:
         return bool(_state["ok"])
     with _lock:
@@ -97,32 +143,59 @@ def compiled_available() -> bool:
             _state["ok"] = False
             return False
         try:
-            _build()
+            if not _load_prebuilt():
+                _jit_build()
             _state["ok"] = True
         except Exception as exc:  # no compiler, no ninja, a build error: fall back, loudly once
             if choice == "compiled":
                 raise RuntimeError(f"nuir: building the compiled operator failed: {exc}") from exc
             _state["ok"] = False
-            _state["error"] = exc
+            _state["no_cuda"] = f"building the compiled operator failed: {_first_error(exc)}"
             warnings.warn(
                 f"nuir: could not build the compiled operator ({_first_error(exc)}); "
                 "using the pure-PyTorch reference, which is much slower. "
                 "Set NUIR_VERBOSE_BUILD=1 to see the build log.",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         return bool(_state["ok"])
 
 
+def use_compiled(device: torch.device) -> bool:
+    """Whether nuir.interpolate runs the compiled kernels on `device` (else the reference).
+
+    Raises for a CUDA device without compiled CUDA kernels, saying why, unless
+    NUIR_BACKEND=reference asks for the reference. Devices without kernels of their own (MPS,
+    XPU, ...) run the reference.
+    """
+    if os.environ.get("NUIR_BACKEND", "auto") == "reference":
+        return False
+    ok = compiled_available()
+    if device.type in ("cpu", "meta"):
+        return ok
+    if device.type != "cuda":
+        return False
+    if ok and has_cuda_kernels():
+        return True
+    raise RuntimeError(
+        f"nuir: no CUDA kernels for these CUDA tensors: {_state.get('no_cuda', 'unknown')}. "
+        "NUIR_VERBOSE_BUILD=1 shows the build log; NUIR_BACKEND=reference runs the pure-PyTorch "
+        "reference instead (about 100x slower)."
+    )
+
+
 def _first_error(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines() or [type(exc).__name__]
-    errors = [line for line in lines if "error:" in line] or [
-        line for line in lines if "error" in line.lower() and "build stopped" not in line
-    ]
-    return (errors or lines)[0 if errors else -1].strip()[:300]
+    """The most telling line of a build failure's message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for marker in ("error:", "fatal", "error"):
+        hits = [line for line in lines if marker in line.lower() and "build stopped" not in line]
+        if hits:
+            return hits[0][:300]
+    return (lines or [type(exc).__name__])[-1][:300]
 
 
 def backend_name() -> str:
     if not compiled_available():
         return "reference"
-    return "compiled (cpu+cuda)" if cuda_build_wanted() else "compiled (cpu)"
+    devices = "cpu+cuda" if has_cuda_kernels() else "cpu"
+    return f"compiled ({devices}, {_state['origin']})"

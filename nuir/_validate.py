@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +32,14 @@ class Prepared:
     cutoff: float
     fill: float
     unbatched: bool
+
+    def finish(self, image: torch.Tensor, weight: torch.Tensor, return_weight: bool):
+        """The public result from the kernel-form image [B, C, H, W] and weight map [B, H, W]:
+        unbatched if the input was, the weight map in the values' dtype."""
+        weight = weight.to(self.values.dtype)
+        if self.unbatched:
+            image, weight = image[0], weight[0]
+        return (image, weight) if return_weight else image
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -76,24 +86,50 @@ def check_scalar(name: str, x: object, *, positive: bool, allow_inf: bool) -> fl
 
 
 def prepare(
-    points: torch.Tensor,
-    values: torch.Tensor,
-    size: tuple[int, int],
-    sigma: float | torch.Tensor | None,
-    cov: torch.Tensor | None,
-    weights: torch.Tensor | None,
-    cutoff: float,
-    fill: float,
+    points, values, size, sigma=None, cov=None, weights=None, cutoff=3.0, fill=0.0, *, check=True
 ) -> Prepared:
-    """Validate the public arguments and bring them to the batched kernel form."""
+    """Validate nuir.interpolate's arguments (see there) and bring them to the batched kernel form.
+
+    Types, shapes, devices and dtypes are always checked (no device synchronisation). The checks
+    of tensor values (finite points, sigma > 0, SPD covariances, weights >= 0) and of the output
+    size against free memory need one host synchronisation; ``check=False`` skips them, as does
+    tracing by torch.compile.
+    """
     points = check_float_tensor("points", points)
     values = check_float_tensor("values", values)
     height, width = check_size(size)
     cutoff = check_scalar("cutoff", cutoff, positive=True, allow_inf=True)
     if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
         raise TypeError(f"fill must be a real number, got {type(fill).__name__}")
-    fill = float(fill)
+    unbatched = _check_points_values(points, values)
+    if unbatched:
+        points, values = points.unsqueeze(0), values.unsqueeze(0)
+    batched = _Batched(points, unbatched)
 
+    value_checks = [("points must be finite (found NaN or inf)", lambda: torch.isfinite(points))]
+    if sigma is not None and cov is not None:
+        raise ValueError("give either sigma or cov, not both")
+    if cov is not None:
+        cov3 = _cov3_from_cov(batched(check_float_tensor("cov", cov), "cov", (2, 2)), value_checks)
+    else:
+        cov3 = _cov3_from_sigma(sigma, batched, height, width, value_checks)
+    if weights is None:
+        weights = points.new_ones(()).expand(points.shape[:2])
+    else:
+        weights = batched(check_float_tensor("weights", weights), "weights", ())
+        value_checks.append(
+            ("weights must be >= 0 and finite", lambda: torch.isfinite(weights) & (weights >= 0))
+        )
+
+    if check and not torch.compiler.is_compiling():
+        batch, channels = values.shape[0], values.shape[-1]
+        check_output_size(batch, channels, height, width, values.dtype, values.device)
+        _raise_first_failure(value_checks)
+    return Prepared(points, values, cov3, weights, height, width, cutoff, float(fill), unbatched)
+
+
+def _check_points_values(points: torch.Tensor, values: torch.Tensor) -> bool:
+    """Shapes of points [B, N, 2] or [N, 2] and values to match; returns whether unbatched."""
     if points.dim() not in (2, 3) or points.shape[-1] != 2:
         raise ValueError(f"points must have shape [B, N, 2] or [N, 2], got {_shape(points)}")
     unbatched = points.dim() == 2
@@ -110,86 +146,89 @@ def prepare(
     if values.shape[-1] < 1:
         raise ValueError(f"values must have at least one channel, got {_shape(values)}")
     _same_device_dtype("values", values, points)
+    return unbatched
 
-    if unbatched:
-        points, values = points.unsqueeze(0), values.unsqueeze(0)
-    batch, n_points = points.shape[0], points.shape[1]
-    lead = (batch, n_points)
 
-    def batched(name: str, t: torch.Tensor, trailing: tuple[int, ...]) -> torch.Tensor:
-        _same_device_dtype(name, t, points)
-        want = (lead if not unbatched else lead[1:]) + trailing
+class _Batched:
+    """Checks a per-point tensor against points (batched [B, N, 2]) and gives it batched."""
+
+    def __init__(self, points: torch.Tensor, unbatched: bool):
+        self.points, self.unbatched = points, unbatched
+        self.lead = tuple(points.shape[:2])
+
+    def __call__(self, t: torch.Tensor, name: str, trailing: tuple[int, ...]) -> torch.Tensor:
+        _same_device_dtype(name, t, self.points)
+        want = (self.lead[1:] if self.unbatched else self.lead) + trailing
         if tuple(t.shape) != want:
             raise ValueError(
                 f"{name} must have shape {list(want)} to match points, got {_shape(t)}"
             )
-        return t.unsqueeze(0) if unbatched else t
+        return t.unsqueeze(0) if self.unbatched else t
 
-    flags: list[tuple[str, torch.Tensor]] = []  # (message, bool tensor that must be True)
-    flags.append(("points must be finite (found NaN or inf)", torch.isfinite(points).all()))
 
-    if sigma is not None and cov is not None:
-        raise ValueError("give either sigma or cov, not both")
-    if cov is not None:
-        cov = check_float_tensor("cov", cov)
-        cov = batched("cov", cov, (2, 2))
-        sxx, sxy, syx, syy = cov[..., 0, 0], cov[..., 0, 1], cov[..., 1, 0], cov[..., 1, 1]
+# A check of tensor values: (message, function giving a bool tensor that must be all True).
+ValueCheck = tuple[str, Callable[[], torch.Tensor]]
+
+
+def _cov3_from_cov(cov: torch.Tensor, value_checks: list[ValueCheck]) -> torch.Tensor:
+    """cov [B, N, 2, 2] -> (sxx, sxy, syy) [B, N, 3]; adds the checks of symmetry and SPD."""
+    sxx, sxy, syx, syy = cov[..., 0, 0], cov[..., 0, 1], cov[..., 1, 0], cov[..., 1, 1]
+
+    def symmetric():
         scale = cov.abs().amax(dim=(-1, -2)).clamp_min(torch.finfo(cov.dtype).tiny)
-        flags.append(
-            (
-                "cov must be symmetric (cov[..., 0, 1] == cov[..., 1, 0])",
-                ((sxy - syx).abs() <= 1e-5 * scale).all(),
-            )
+        return (sxy - syx).abs() <= 1e-5 * scale
+
+    def positive_definite():
+        finite = torch.isfinite(cov).flatten(-2).all(-1)
+        return finite & (sxx > 0) & (sxx * syy - sxy * syx > 0)
+
+    value_checks.append(("cov must be symmetric (cov[..., 0, 1] == cov[..., 1, 0])", symmetric))
+    value_checks.append(
+        (
+            "cov must be positive definite and finite (cov[..., 0, 0] > 0 and det > 0)",
+            positive_definite,
         )
-        flags.append(
-            (
-                "cov must be positive definite and finite (cov[..., 0, 0] > 0 and det > 0)",
-                (torch.isfinite(cov).all() & (sxx > 0).all() & (sxx * syy - sxy * syx > 0).all()),
-            )
-        )
-        cov3 = torch.stack([sxx, 0.5 * (sxy + syx), syy], dim=-1)  # [B, N, 3]
+    )
+    return torch.stack([sxx, 0.5 * (sxy + syx), syy], dim=-1)
+
+
+def _cov3_from_sigma(
+    sigma: float | torch.Tensor | None,
+    batched: _Batched,
+    height: int,
+    width: int,
+    value_checks: list[ValueCheck],
+) -> torch.Tensor:
+    """sigma (None, a float, [B, N] or [B, N, 2]) -> (sxx, 0, syy) [B, N, 3]; adds its check."""
+    points, lead = batched.points, batched.lead
+    if sigma is None:
+        # Half the mean point spacing: neighbouring Gaussians overlap without blurring much.
+        sigma = 0.5 * math.sqrt(height * width / max(lead[1], 1))
+    if not isinstance(sigma, torch.Tensor):
+        s = check_scalar("sigma", sigma, positive=True, allow_inf=False)
+        return points.new_tensor([s * s, 0.0, s * s]).expand(*lead, 3)
+    sigma = check_float_tensor("sigma", sigma)
+    base_dim = 1 if batched.unbatched else 2
+    if sigma.dim() == base_dim + 1:
+        sigma = batched(sigma, "sigma", (2,))  # [B, N, 2]
+    elif sigma.dim() == base_dim:
+        sigma = batched(sigma, "sigma", ()).unsqueeze(-1).expand(*lead, 2)
     else:
-        if sigma is None:
-            # Half the mean point spacing: neighbouring Gaussians overlap without blurring much.
-            sigma = 0.5 * math.sqrt(height * width / max(n_points, 1))
-        if isinstance(sigma, torch.Tensor):
-            sigma = check_float_tensor("sigma", sigma)
-            base_dim = 1 if unbatched else 2
-            if sigma.dim() == base_dim + 1:
-                sigma = batched("sigma", sigma, (2,))  # [B, N, 2]
-            elif sigma.dim() == base_dim:
-                sigma = batched("sigma", sigma, ()).unsqueeze(-1).expand(*lead, 2)
-            else:
-                want = "[N] or [N, 2]" if unbatched else "[B, N] or [B, N, 2]"
-                raise ValueError(f"sigma must be a float or have shape {want}, got {_shape(sigma)}")
-            flags.append(
-                ("sigma must be > 0 and finite", (torch.isfinite(sigma) & (sigma > 0)).all())
-            )
-            var = sigma * sigma
-            cov3 = torch.stack([var[..., 0], torch.zeros_like(var[..., 0]), var[..., 1]], dim=-1)
-        else:
-            s = check_scalar("sigma", sigma, positive=True, allow_inf=False)
-            cov3 = points.new_tensor([s * s, 0.0, s * s]).expand(*lead, 3)
+        want = "[N] or [N, 2]" if batched.unbatched else "[B, N] or [B, N, 2]"
+        raise ValueError(f"sigma must be a float or have shape {want}, got {_shape(sigma)}")
+    var = sigma * sigma
+    value_checks.append(
+        ("sigma must be > 0 and finite", lambda: torch.isfinite(sigma) & (sigma > 0))
+    )
+    return torch.stack([var[..., 0], torch.zeros_like(var[..., 0]), var[..., 1]], dim=-1)
 
-    if weights is None:
-        weights = points.new_ones(()).expand(lead)
-    else:
-        weights = check_float_tensor("weights", weights)
-        weights = batched("weights", weights, ())
-        flags.append(
-            ("weights must be >= 0 and finite", (torch.isfinite(weights) & (weights >= 0)).all())
-        )
 
-    # All data-dependent checks in one host synchronisation; skipped while torch.compile traces.
-    if not torch.compiler.is_compiling():
-        check_output_size(batch, values.shape[-1], height, width, values.dtype, values.device)
-    if not torch.compiler.is_compiling() and flags:
-        ok = torch.stack([f for _, f in flags]).tolist()
-        for (message, _), good in zip(flags, ok):
-            if not good:
-                raise ValueError(message)
-
-    return Prepared(points, values, cov3, weights, height, width, cutoff, fill, unbatched)
+def _raise_first_failure(checks: list[ValueCheck]) -> None:
+    """Evaluates every check with one host synchronisation; raises the first that fails."""
+    results = torch.stack([fn().all() for _, fn in checks]).tolist()
+    for (message, _), good in zip(checks, results):
+        if not good:
+            raise ValueError(message)
 
 
 def _same_device_dtype(name: str, t: torch.Tensor, ref: torch.Tensor) -> None:
@@ -208,8 +247,6 @@ def check_output_size(batch: int, channels: int, height: int, width: int, dtype,
         limit = free
     else:
         try:
-            import os
-
             limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
             limit = 1 << 50

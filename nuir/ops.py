@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from nuir import _backend, reference
-from nuir._validate import prepare
+from nuir._validate import Prepared, prepare
 
 
 def interpolate(
@@ -23,6 +23,7 @@ def interpolate(
     cutoff: float = 3.0,
     fill: float = 0.0,
     return_weight: bool = False,
+    check: bool = True,
 ):
     """Render an image from scattered points by normalised Gaussian-mixture interpolation.
 
@@ -38,40 +39,41 @@ def interpolate(
         cutoff: Mahalanobis radius beyond which a point does not reach a pixel; math.inf for none.
         fill: value of pixels that no point reaches.
         return_weight: also return the total weight map [B, H, W].
+        check: check the values of the tensors (finite points, sigma > 0, covariances positive
+            definite, weights >= 0) and that the output fits in memory. These checks cost one
+            host synchronisation per call; False skips them (for training loops and CUDA
+            graphs). Types, shapes, devices and dtypes are checked either way. Unchecked, a
+            point with a non-finite position or covariance, or a covariance that is not positive
+            definite, reaches no pixel.
 
     Returns:
         image [B, C, H, W] (or [C, H, W] unbatched), and the weight map when asked for.
         Differentiable with respect to points, values, sigma / cov and weights.
     """
-    p = prepare(points, values, size, sigma, cov, weights, cutoff, fill)
-    if ensure_registered():
-        compute = torch.float32 if p.values.dtype in (torch.float16, torch.bfloat16) else None
-        if compute is not None and p.values.device.type == "cpu":
-            # CPU kernels take float32 / float64; half inputs are computed in float32.
-            image, weight = _call_op(p, compute)
-            image, weight = image.to(p.values.dtype), weight.to(p.values.dtype)
-        else:
-            image, weight = _call_op(p, None)
+    p = prepare(points, values, size, sigma, cov, weights, cutoff, fill, check=check)
+    if _backend.use_compiled(p.values.device):
+        ensure_registered()
+        image, weight = _call_op(p)
     else:
         image, weight = reference.interpolate_cov3(
             p.points, p.values, p.cov3, p.weights, p.height, p.width, p.cutoff, p.fill
         )
-    if p.unbatched:
-        image, weight = image[0], weight[0]
-    return (image, weight) if return_weight else image
+    return p.finish(image, weight, return_weight)
 
 
-def _call_op(p, dtype):
+def _call_op(p: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
     args = [p.points, p.values, p.cov3, p.weights]
-    if dtype is not None:
-        args = [t.to(dtype) for t in args]
+    half = p.values.dtype in (torch.float16, torch.bfloat16)
+    if half and p.values.device.type == "cpu":
+        args = [t.float() for t in args]  # the CPU kernels take float32 and float64
     args = [t.contiguous() for t in args]
     try:
-        return torch.ops.nuir.gmm_forward(*args, p.height, p.width, p.cutoff, p.fill)
+        image, weight = torch.ops.nuir.gmm_forward(*args, p.height, p.width, p.cutoff, p.fill)
     except torch.OutOfMemoryError as exc:
         raise ValueError(
             f"size=({p.height}, {p.width}) is too large to allocate on {p.values.device}: {exc}"
         ) from exc
+    return image.to(p.values.dtype), weight
 
 
 # --- autograd and fake kernels of torch.ops.nuir.* -------------------------------------------
@@ -83,9 +85,11 @@ def _register() -> None:
     @torch.library.register_fake("nuir::gmm_forward")
     def _(points, values, cov3, weights, height, width, cutoff, fill):
         batch, _, channels = values.shape
+        # The weight map comes in the accumulation type: float32 for half-precision inputs.
+        acc = torch.float64 if values.dtype == torch.float64 else torch.float32
         return (
             values.new_empty(batch, channels, height, width),
-            values.new_empty(batch, height, width),
+            values.new_empty(batch, height, width, dtype=acc),
         )
 
     @torch.library.register_fake("nuir::gmm_backward")

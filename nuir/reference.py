@@ -1,6 +1,23 @@
 """Pure-PyTorch twin of the operator: the specification every kernel is tested against.
 
-It evaluates DESIGN.md section 2 literally, pixel chunk by pixel chunk, and lets autograd
+The operator (docs/operator.md). Point i has mean mu_i (x, y in pixels; pixel (row r, column s)
+has its centre at (s, r)), covariance Sigma_i, weight a_i >= 0 and value c_i in R^C. At pixel q,
+with d = q - mu_i and m_iq = d^T Sigma_i^-1 d,
+
+    w_iq = a_i / (2 pi sqrt(det Sigma_i)) * exp(-m_iq / 2)   where m_iq <= cutoff^2, else 0
+    W_q  = sum_i w_iq                                        (the weight map)
+    v_q  = sum_i w_iq c_i / W_q                              (fill where W_q == 0)
+
+Gradients, for a loss L with g_q = dL/dv_q and dL/dW_q, are those of this definition (the cutoff
+indicator is not differentiated). With G_q = g_q / W_q and k_iq = <G_q, c_i> - <G_q, v_q> + dL/dW_q
+(G_q = 0, k_iq = dL/dW_q where W_q == 0), and u = Sigma_i^-1 d:
+
+    dL/dc_i     = sum_q w_iq G_q
+    dL/da_i     = sum_q k_iq w_iq / a_i
+    dL/dmu_i    = sum_q k_iq w_iq u
+    dL/dSigma_i = 1/2 sum_q k_iq w_iq (u u^T - Sigma_i^-1)
+
+This module evaluates the definition literally, pixel chunk by pixel chunk, and lets autograd
 differentiate it. Chunks are checkpointed, so the backward keeps no per-pair tensors either.
 """
 
@@ -16,26 +33,13 @@ from nuir._validate import prepare
 _PAIRS_PER_CHUNK = 1 << 22
 
 
-def interpolate(
-    points: torch.Tensor,
-    values: torch.Tensor,
-    size: tuple[int, int],
-    sigma: float | torch.Tensor | None = None,
-    *,
-    cov: torch.Tensor | None = None,
-    weights: torch.Tensor | None = None,
-    cutoff: float = 3.0,
-    fill: float = 0.0,
-    return_weight: bool = False,
-):
-    """Same signature and result as :func:`nuir.interpolate`, in plain PyTorch."""
-    p = prepare(points, values, size, sigma, cov, weights, cutoff, fill)
+def interpolate(points, values, size, sigma=None, *, return_weight=False, **options):
+    """:func:`nuir.interpolate` (the same arguments and result), in plain PyTorch."""
+    p = prepare(points, values, size, sigma, **options)
     image, weight = interpolate_cov3(
         p.points, p.values, p.cov3, p.weights, p.height, p.width, p.cutoff, p.fill
     )
-    if p.unbatched:
-        image, weight = image[0], weight[0]
-    return (image, weight) if return_weight else image
+    return p.finish(image, weight, return_weight)
 
 
 def interpolate_cov3(

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from _cases import SIGMA_FORMS, assert_close_scaled, assert_output_masks, make_case
 from _helpers import gradcheck_interpolate, opcheck_both_ops
 
 import nuir
@@ -21,7 +22,6 @@ pytestmark = [
 ]
 
 CUDA = "cuda"
-SIGMA_FORMS = ["float", "default", "per_point", "per_axis", "cov", "weights"]
 
 
 @pytest.fixture(scope="module")
@@ -32,77 +32,6 @@ def cuda_op(compiled):
             f"{op} has no CUDA kernel: the CUDA sources were not built"
         )
     return compiled
-
-
-# --- cases ---------------------------------------------------------------------------------------
-
-
-def _draw(form, batch, n, channels, size, seed, sigma_range):
-    g = torch.Generator().manual_seed(seed)
-    height, width = size
-    lead = (batch, n) if batch else (n,)
-    dtype = torch.float64
-    span = torch.tensor([width + 8.0, height + 8.0], dtype=dtype)
-    points = torch.rand(*lead, 2, generator=g, dtype=dtype) * span - 4.0  # some outside
-    values = torch.randn(*lead, channels, generator=g, dtype=dtype)
-    lo, hi = sigma_range
-    kwargs = {}
-    if form == "float":
-        kwargs["sigma"] = 1.7
-    elif form == "per_point":  # log-uniform in [lo, hi]
-        kwargs["sigma"] = lo * (hi / lo) ** torch.rand(*lead, generator=g, dtype=dtype)
-    elif form == "per_axis":
-        kwargs["sigma"] = lo * (hi / lo) ** torch.rand(*lead, 2, generator=g, dtype=dtype)
-    elif form == "cov":
-        a = torch.randn(*lead, 2, 2, generator=g, dtype=dtype)
-        kwargs["cov"] = a @ a.transpose(-1, -2) + 0.5 * torch.eye(2, dtype=dtype)
-    elif form == "weights":
-        weights = torch.rand(*lead, generator=g, dtype=dtype) * 2
-        weights[..., ::3] = 0.0
-        kwargs["weights"] = weights
-        kwargs["sigma"] = 1.3
-    return points, values, kwargs
-
-
-def _near_cutoff(points, values, size, kwargs, cutoff, rel=1e-4):
-    """True if some pixel sits within `rel` of a point's cutoff ellipse: float32 rounding could
-    then put the pair on either side, in the kernel and in the reference alike."""
-    if not math.isfinite(cutoff):
-        return False
-    p = prepare(points, values, size, kwargs.get("sigma"), kwargs.get("cov"), None, cutoff, 0.0)
-    height, width = size
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=torch.float64),
-        torch.arange(width, dtype=torch.float64),
-        indexing="ij",
-    )
-    dx = xs.reshape(1, -1, 1) - p.points[:, None, :, 0]  # [B, HW, N]
-    dy = ys.reshape(1, -1, 1) - p.points[:, None, :, 1]
-    sxx, sxy, syy = (p.cov3[..., k][:, None, :] for k in range(3))
-    m2 = (syy * dx * dx - 2 * sxy * dx * dy + sxx * dy * dy) / (sxx * syy - sxy * sxy)
-    return bool(((m2 - cutoff**2).abs() <= rel * cutoff**2).any())
-
-
-def make_case(
-    form,
-    *,
-    batch=2,
-    n=40,
-    channels=3,
-    size=(17, 23),
-    seed=0,
-    cutoff=3.0,
-    sigma_range=(0.6, 2.6),
-    margin=1e-4,
-):
-    """Random float64 CPU inputs (points partly outside the raster), the Gaussian given in one of
-    SIGMA_FORMS, drawn again until no pixel lies within `margin` (relative) of a cutoff boundary:
-    1e-4 covers float32 rounding and gradcheck's steps, 1e-9 float64 rounding."""
-    for attempt in range(100):
-        case = _draw(form, batch, n, channels, size, 1000 * seed + attempt, sigma_range)
-        if not _near_cutoff(*case[:2], size, case[2], cutoff, margin):
-            return case
-    raise AssertionError("could not draw a case without pixels on a cutoff boundary")
 
 
 def to(t, device, dtype):
@@ -130,13 +59,6 @@ def forward_and_grads(
     loss = (image * r_image).sum() + (weight * r_weight).sum()
     grads = torch.autograd.grad(loss, leaves)
     return [image.detach(), weight.detach(), *grads]
-
-
-def assert_close_scaled(actual, expected, rtol):
-    """Elementwise close, with an absolute tolerance of rtol times the largest expected value."""
-    actual, expected = actual.detach().cpu(), expected.detach().cpu().to(actual.dtype)
-    scale = expected.abs().max().item() if expected.numel() else 1.0
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-30))
 
 
 def assert_all_close(got, want, rtol_image, rtol_grad):
@@ -246,6 +168,24 @@ def test_loss_on_the_weight_map_only(cuda_op):
     assert_close_scaled(grads[2], ref_grads[2], 1e-8)
 
 
+def test_backward_output_mask_skips_only_the_masked_gradients(cuda_op):
+    assert_output_masks(CUDA)
+
+
+def test_unchecked_calls_do_not_synchronise(cuda_op):
+    points, values, kwargs = make_case("per_axis", n=50, seed=12)
+    leaves = [t.to(CUDA).requires_grad_() for t in (points, values, kwargs["sigma"])]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        image = nuir.interpolate(*leaves[:2], (17, 23), leaves[2], check=False)
+        image.square().sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    with_checks = nuir.interpolate(*leaves[:2], (17, 23), leaves[2])
+    assert torch.equal(image, with_checks)
+
+
 def test_uniform_upsampling_matches_cpu(cuda_op):
     g = torch.Generator().manual_seed(8)
     low = torch.rand(2, 3, 24, 20, generator=g, dtype=torch.float64)
@@ -313,15 +253,16 @@ def test_half_precision_accumulates_in_float32(cuda_op, dtype):
     image_f, weight_f = torch.ops.nuir.gmm_forward(*full, 40, 50, 3.0, 0.25)
     # float32 accumulation, one rounding at the end: within one unit roundoff of float32's result.
     u = 2.0**-11 if dtype == torch.float16 else 2.0**-8
-    assert image_h.dtype == dtype and weight_h.dtype == dtype
+    # The weight map stays in float32: the backward divides by it.
+    assert image_h.dtype == dtype and weight_h.dtype == torch.float32
     torch.testing.assert_close(image_h.float(), image_f, rtol=2 * u, atol=1e-6)
-    torch.testing.assert_close(weight_h.float(), weight_f, rtol=2 * u, atol=1e-6)
+    torch.testing.assert_close(weight_h, weight_f)
     g = torch.Generator().manual_seed(10)
     grad_image = torch.randn(image_h.shape, generator=g).to(CUDA, dtype)
     grad_weight = torch.randn(weight_h.shape, generator=g).to(CUDA, dtype)
     grads_h = torch.ops.nuir.gmm_backward(grad_image, grad_weight, image_h, weight_h, *half, 3.0)
     grads_f = torch.ops.nuir.gmm_backward(
-        grad_image.float(), grad_weight.float(), image_h.float(), weight_h.float(), *full, 3.0
+        grad_image.float(), grad_weight.float(), image_h.float(), weight_h, *full, 3.0
     )
     for g_h, g_f in zip(grads_h, grads_f):
         assert g_h.dtype == dtype
@@ -546,11 +487,3 @@ def test_speed_benchmark_runs_and_writes_csv(cuda_op, tmp_path, capsys):
     for row in rows:
         assert float(row["forward_ms"]) > 0
         assert float(row["bytes"]) > 0
-
-
-def test_speed_benchmark_without_cuda_fails_clearly(monkeypatch, capsys):
-    from nuir.bench import _speed_cuda
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert _speed_cuda.main(["--sizes", "64"]) != 0
-    assert "CUDA is not available" in capsys.readouterr().err
