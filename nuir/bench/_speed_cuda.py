@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from nuir.bench.speed import fmt
+
 # Peak DRAM bandwidth (GB/s) by device-name fragment, where the device properties lack the memory
 # clock and bus width. First match wins: keep the specific names first.
 _PEAK_GBS_BY_NAME = [
@@ -240,17 +242,17 @@ def print_table(rows: list[dict]) -> None:
     print(header)
     print("-" * len(header))
 
-    def fmt(value, spec, scale=1.0):
-        return format(value * scale, spec) if value is not None else format("-", spec[:-3] + "s")
+    def percent(fraction):
+        return None if fraction is None else 100 * fraction
 
     for r in rows:
         print(
             f"{r['case']:<11} {r['size']:>9} {r['points']:>8} {r['impl']:<17} | "
             f"{fmt(r['forward_ms'], '8.3f')} {fmt(r['forward_backward_ms'], '8.3f')} | "
             f"{fmt(r['forward_vs_nuir'], '8.2f')} {fmt(r['forward_backward_vs_nuir'], '8.2f')} | "
-            f"{fmt(r['forward_gbs'], '8.0f')} {fmt(r['forward_peak_fraction'], '6.1f', 100)} | "
+            f"{fmt(r['forward_gbs'], '8.0f')} {fmt(percent(r['forward_peak_fraction']), '6.1f')} | "
             f"{fmt(r['forward_backward_gbs'], '8.0f')} "
-            f"{fmt(r['forward_backward_peak_fraction'], '6.1f', 100)}"
+            f"{fmt(percent(r['forward_backward_peak_fraction']), '6.1f')}"
         )
 
 

@@ -110,34 +110,60 @@ def bench_size(size: int, args, rng: torch.Generator) -> dict:
     return row
 
 
+# Ratio columns: (numerator, denominator), two times of the same row (the same run).
+RATIOS = {
+    "fwd_bwd_over_fwd": ("nuir_fwd_bwd_ms", "nuir_fwd_ms"),
+    "reference_over_fwd": ("reference_fwd_ms", "nuir_fwd_ms"),
+    "griddata_over_fwd": ("griddata_linear_ms", "nuir_fwd_ms"),
+    "upsample_over_pil_u8": ("upsample_nuir_ms", "upsample_pil_bicubic_u8_ms"),
+    "upsample_over_pil_f32": ("upsample_nuir_ms", "upsample_pil_bicubic_f32_ms"),
+}
+
+
+def add_ratios(row: dict) -> dict:
+    """The row with its ratio columns and the forward's time per output pixel."""
+    for name, (numerator, denominator) in RATIOS.items():
+        if numerator in row and denominator in row:
+            row[name] = row[numerator] / row[denominator]
+    height, width = (int(side) for side in row["size"].split("x"))
+    row["fwd_ns_per_pixel"] = 1e6 * row["nuir_fwd_ms"] / (height * width)
+    return row
+
+
+def fmt(value, spec: str) -> str:
+    """A table cell: value formatted by spec ("8.2f", ">10"), or "-" as wide where there is none."""
+    return format(value, spec) if value is not None else format("-", ">" + width(spec))
+
+
+def width(spec: str) -> str:
+    return spec.lstrip("<>").split(".")[0]
+
+
+# The printed table: (heading, CSV column, cell format); "|" separates groups of columns.
+# fmt: off
+TABLE = [
+    ("size", "size", ">10"), ("N", "points", ">8"), "|",
+    ("fwd ms", "nuir_fwd_ms", "8.2f"), ("f+b ms", "nuir_fwd_bwd_ms", "8.2f"),
+    ("f+b/fwd", "fwd_bwd_over_fwd", "7.2f"), ("ns/px", "fwd_ns_per_pixel", "6.2f"), "|",
+    ("ref ms", "reference_fwd_ms", "9.1f"), ("ref/fwd", "reference_over_fwd", "8.1f"), "|",
+    ("griddata", "griddata_linear_ms", "9.1f"), ("grid/fwd", "griddata_over_fwd", "8.1f"), "|",
+    ("upsample", "upsample_nuir_ms", "8.2f"), ("PIL u8", "upsample_pil_bicubic_u8_ms", "7.2f"),
+    ("ratio", "upsample_over_pil_u8", "6.2f"), ("PIL f32", "upsample_pil_bicubic_f32_ms", "7.2f"),
+    ("ratio", "upsample_over_pil_f32", "6.2f"),
+]
+# fmt: on
+
+
+def table_line(cells) -> str:
+    return " ".join(cell if cell == "|" else fmt(*cell) for cell in cells)
+
+
 def print_table(rows: list[dict]) -> None:
-    header = (
-        f"{'size':>10} {'N':>8} | {'fwd ms':>8} {'f+b ms':>8} {'f+b/fwd':>7} {'ns/px':>6} | "
-        f"{'ref ms':>9} {'ref/fwd':>8} | {'griddata':>9} {'grid/fwd':>8} | "
-        f"{'upsample':>8} {'PIL u8':>7} {'ratio':>6} {'PIL f32':>7} {'ratio':>6}"
-    )
+    header = table_line(c if c == "|" else (c[0], ">" + width(c[2])) for c in TABLE)
     print(header)
     print("-" * len(header))
-
-    def fmt(value, spec):
-        return format(value, spec) if value is not None else format("-", spec[:-3] + "s")
-
     for r in rows:
-        fwd = r["nuir_fwd_ms"]
-        pixels = int(r["size"].split("x")[0]) * int(r["size"].split("x")[1])
-        ref = r.get("reference_fwd_ms")
-        grid = r.get("griddata_linear_ms")
-        up = r["upsample_nuir_ms"]
-        pil8 = r.get("upsample_pil_bicubic_u8_ms")
-        pil32 = r["upsample_pil_bicubic_f32_ms"]
-        print(
-            f"{r['size']:>10} {r['points']:>8} | {fwd:8.2f} {r['nuir_fwd_bwd_ms']:8.2f} "
-            f"{r['nuir_fwd_bwd_ms'] / fwd:7.2f} {1e6 * fwd / pixels:6.2f} | "
-            f"{fmt(ref, '9.1f')} {fmt(ref / fwd if ref else None, '8.1f')} | "
-            f"{fmt(grid, '9.1f')} {fmt(grid / fwd if grid else None, '8.1f')} | "
-            f"{up:8.2f} {fmt(pil8, '7.2f')} {fmt(up / pil8 if pil8 else None, '6.2f')} "
-            f"{pil32:7.2f} {up / pil32:6.2f}"
-        )
+        print(table_line(c if c == "|" else (r.get(c[1]), c[2]) for c in TABLE))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = torch.Generator().manual_seed(0)
     rows = []
     for size in args.sizes:
-        rows.append(bench_size(size, args, rng))
+        rows.append(add_ratios(bench_size(size, args, rng)))
     print()
     print_table(rows)
     print(
