@@ -11,11 +11,12 @@ Adaptation (every ``interval`` steps between ``start`` and ``end``) uses the net
 error at each point's samples, accumulated since the last adaptation:
 
 - prune: the ``prune_fraction`` of points with the lowest error (where the network is already
-  right), never one whose cell is already more than twice the initial spacing, so flat regions
-  keep a floor of samples;
+  right), only among points in regions that splits made denser than the initial placement, so
+  every part of the image keeps at least its initial density of samples;
 - grow: the points with the highest error split in two along a random axis, each half with half
   the cell area and sigma / sqrt(2), until the budget is full (at most ``grow_fraction`` of the
-  set per step).
+  set per step); a cell narrower than 1.4 pixels is not split (its samples already land on one
+  or two pixels).
 
 After each adaptation every point's cell is its mean distance to its 4 nearest neighbours, so the
 cells tile the image again.
@@ -33,6 +34,8 @@ from torch import nn
 from nuir.samplers import local_spacing
 
 MIN_SIGMA = 0.3  # pixels: a narrower Gaussian falls between pixel centres
+MIN_SPLIT_CELL = 1.4  # pixels: a split halves the cell area; below ~1 px samples repeat a pixel
+MAX_PRUNE_CELL = 0.9  # of the initial spacing: only points in regions denser than at the start
 
 
 @dataclass(frozen=True)
@@ -142,9 +145,8 @@ class PointSet(nn.Module):
 
     @torch.no_grad()
     def _refresh_cells(self) -> None:
-        spacing = local_spacing(self.positions[: self.count].detach())  # [n]
-        fallback = float(self.cell[: self.count].max()) if self.count else 1.0
-        spacing = torch.where(torch.isfinite(spacing), spacing, max(fallback, 1.0))
+        fallback = max(float(self.cell[: self.count].max()), 1.0) if self.count else 1.0
+        spacing = local_spacing(self.positions[: self.count].detach(), fallback=fallback)  # [n]
         self.cell.zero_()
         self.cell[: self.count] = spacing
 
@@ -197,7 +199,10 @@ class PointSet(nn.Module):
         score = error / visits.clamp_min(1.0)  # mean squared error near each point
         visited = visits > 0  # others (outside every crop since the last time) stay as they are
 
-        prunable = (self.cell[:count] <= 2.0 * initial_spacing) & visited
+        cells = self.cell[:count]
+        # Only where earlier splits made the set denser than it started: flat regions keep the
+        # initial density, so every part of the image keeps being sampled.
+        prunable = (cells < MAX_PRUNE_CELL * initial_spacing) & visited
         n_prune = min(int(schedule.prune_fraction * count), int(prunable.sum()), count - 1)
         order = torch.argsort(torch.where(prunable, score, math.inf).cpu(), stable=True)
         pruned = order[:n_prune]
@@ -206,8 +211,10 @@ class PointSet(nn.Module):
         kept = keep.nonzero().squeeze(1)  # [n_kept], in slot order
         room = self.capacity - kept.numel()
         n_grow = min(room, math.ceil(schedule.grow_fraction * count))
-        n_grow = min(n_grow, int(visited[kept].sum()))
-        growth = torch.where(visited, score, -math.inf)[kept]
+        # A cell below MIN_SPLIT_CELL pixels already samples a single pixel: no use splitting it.
+        splittable = visited & (cells >= MIN_SPLIT_CELL)
+        n_grow = min(n_grow, int(splittable[kept].sum()))
+        growth = torch.where(splittable, score, -math.inf)[kept]
         parents = torch.argsort(growth.cpu(), descending=True, stable=True)[:n_grow]  # in kept
 
         rows = torch.cat([kept, kept[parents]])  # new slot i takes old row rows[i]

@@ -45,7 +45,7 @@ import nuir
 from models.point_set import AdaptSchedule, PointSet
 from nuir.geometry import pixel_centres, pixel_to_unit, points_reaching, tile_windows
 from nuir.renderers import evaluate_network
-from nuir.samplers import PLACEMENTS, local_spacing, sample_points
+from nuir.samplers import PLACEMENTS, local_spacing, mean_spacing, sample_points
 
 Mode = Literal["sparse", "dense", "dense_random"]
 Objective = Literal["implicit", "reconstruction"]
@@ -261,7 +261,7 @@ class ImplicitImageSystem(pl.LightningModule):
                 )
             return
         self.image_size.copy_(torch.tensor([height, width]))
-        self.initial_spacing.fill_(math.sqrt(height * width / self.n_points))
+        self.initial_spacing.fill_(mean_spacing((height, width), self.n_points))
         if self.point_set is not None:
             generator = torch.Generator().manual_seed(self.seed)
             points = sample_points(
@@ -270,9 +270,7 @@ class ImplicitImageSystem(pl.LightningModule):
             if self.initial_sigma is not None:
                 sigma = torch.full((self.n_points,), float(self.initial_sigma))
             else:
-                spacing = local_spacing(points)  # [N]
-                spacing = torch.where(torch.isfinite(spacing), spacing, float(self.initial_spacing))
-                sigma = 0.5 * spacing
+                sigma = 0.5 * local_spacing(points, fallback=float(self.initial_spacing))  # [N]
             self.point_set.place(points.to(self.device), sigma.to(self.device))
         self.initialised.fill_(True)
 

@@ -6,7 +6,8 @@ stays compact, and memory-maps an uncompressed TIFF or a ``.npy`` file instead o
 ``load_image`` gives float32 [C, H, W] in [0, 1]. TIFF goes through tifffile (any bit depth);
 everything else through Pillow.
 ``write_image`` writes 8- or 16-bit PNG / TIFF atomically: a failed write leaves no partial file.
-``skimage:NAME`` names a photo that scikit-image ships in its package (no download).
+``skimage:NAME`` names a photo that scikit-image ships in its package, ``skimage-mosaic:SIDE`` a
+SIDE x SIDE mosaic of them (no download).
 """
 
 from __future__ import annotations
@@ -23,6 +24,18 @@ from PIL import Image, UnidentifiedImageError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")  # what a folder scan picks up
 _TIFF_SUFFIXES = (".tif", ".tiff")
 SKIMAGE_PREFIX = "skimage:"
+MOSAIC_PREFIX = "skimage-mosaic:"
+# The colour photographs scikit-image ships, tiled by :func:`mosaic`.
+MOSAIC_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "hubble_deep_field",
+    "ihc",
+    "motorcycle_left",
+    "retina",
+    "rocket",
+)
 
 
 def skimage_photo_path(name: str) -> Path:
@@ -42,6 +55,33 @@ def skimage_photo_path(name: str) -> Path:
             f"choose one of {', '.join(shipped)}"
         )
     return matches[0]
+
+
+def mosaic(side: int, tile: int = 1024) -> np.ndarray:
+    """A side x side RGB uint8 mosaic of scikit-image's colour photographs (no download): each
+    photo centre-cropped to a square and resized (Lanczos) to tile x tile, the sequence repeated
+    mirrored. A large real-photo target for benchmarks: ``skimage-mosaic:4096`` as a path."""
+    if isinstance(side, bool) or not isinstance(side, int) or side < 2:
+        raise ValueError(f"mosaic side must be an int >= 2, got {side!r}")
+    tile = min(tile, side)
+    out = np.zeros((side, side, 3), dtype=np.uint8)
+    index = 0
+    for row in range(0, side, tile):
+        for column in range(0, side, tile):
+            name = MOSAIC_PHOTOS[index % len(MOSAIC_PHOTOS)]
+            with Image.open(skimage_photo_path(name)) as photo:
+                photo = photo.convert("RGB")
+                square = min(photo.size)
+                left, top = (photo.width - square) // 2, (photo.height - square) // 2
+                photo = photo.crop((left, top, left + square, top + square))
+                photo = photo.resize((tile, tile), Image.Resampling.LANCZOS)
+                pixels = np.asarray(photo)
+            if (index // len(MOSAIC_PHOTOS)) % 2:
+                pixels = pixels[:, ::-1]
+            h, w = min(tile, side - row), min(tile, side - column)
+            out[row : row + h, column : column + w] = pixels[:h, :w]
+            index += 1
+    return out
 
 
 def resolve_image_path(path: str | os.PathLike) -> Path:
@@ -137,6 +177,11 @@ def read_image_array(path: str | os.PathLike, *, mmap: bool = False) -> np.ndarr
         FileNotFoundError: the path does not exist.
         ValueError: the path is not a file, or the file is not a readable image.
     """
+    if str(path).startswith(MOSAIC_PREFIX):
+        side = str(path)[len(MOSAIC_PREFIX) :]
+        if not side.isdigit():
+            raise ValueError(f"{path}: expected {MOSAIC_PREFIX}SIDE, e.g. {MOSAIC_PREFIX}4096")
+        return mosaic(int(side))
     path = resolve_image_path(path)
     _check_readable(path)
     suffix = path.suffix.lower()

@@ -250,18 +250,34 @@ def gradient_importance(
     return torch.stack([x, y], dim=-1).to(dtype=dtype, device=image.device)
 
 
-def local_spacing(points: torch.Tensor, k: int = 4) -> torch.Tensor:
+def mean_spacing(size: tuple[int, int], n: int) -> float:
+    """Mean distance between n points spread evenly over an (H, W) raster: sqrt(H W / n)."""
+    height, width = check_size(size)
+    return math.sqrt(height * width / max(int(n), 1))
+
+
+def sigma_from_spacing(size: tuple[int, int], n: int, fraction: float = 0.5) -> float:
+    """The usual shared sigma of n points on an (H, W) raster: ``fraction`` of their mean spacing
+    (half by default: neighbouring Gaussians overlap without blurring much)."""
+    return fraction * mean_spacing(size, n)
+
+
+def local_spacing(
+    points: torch.Tensor, k: int = 4, *, fallback: float | None = None
+) -> torch.Tensor:
     """Mean distance from each point to its k nearest neighbours (a k-d tree query).
 
-    On a regular grid of spacing s this is s for k <= 4, so ``0.5 * local_spacing(points)`` is the
-    per-point version of the usual sigma = half the point spacing, and it widens the Gaussians
-    where points are sparse (as after importance sampling) so no pixel is left uncovered.
+    On a regular grid of spacing s this is s for the interior points (wider along the border,
+    where the 4 nearest neighbours include diagonal ones), so ``0.5 * local_spacing(points)`` is
+    the per-point version of :func:`sigma_from_spacing`; it widens the Gaussians where points are
+    sparse (as after importance sampling) so no pixel is left uncovered.
 
     Args:
         points: [N, 2] positions.
         k: neighbours to average over (fewer when N <= k).
+        fallback: the spacing of a point with no neighbour (N == 1); default inf.
     Returns:
-        [N] distances, same dtype and device as points (inf when N == 1).
+        [N] distances, same dtype and device as points.
     """
     from scipy.spatial import cKDTree
 
@@ -273,8 +289,9 @@ def local_spacing(points: torch.Tensor, k: int = 4) -> torch.Tensor:
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     count = points.shape[0]
+    lonely = math.inf if fallback is None else float(fallback)
     if count < 2:
-        return torch.full((count,), math.inf, dtype=points.dtype, device=points.device)
+        return torch.full((count,), lonely, dtype=points.dtype, device=points.device)
     coords = points.detach().cpu().double().numpy()
     neighbours = min(int(k), count - 1)
     distances, _ = cKDTree(coords).query(coords, k=neighbours + 1)  # [N, k + 1], self first

@@ -54,20 +54,35 @@ def tally_errors(points: PointSet, hot: slice) -> None:
 
 def test_adapt_grows_where_the_error_is_high_and_prunes_where_it_is_low() -> None:
     points = placed(capacity=130)
-    before = points.xy().detach().clone()
     tally_errors(points, slice(0, 10))  # the first grid row
     schedule = AdaptSchedule(interval=1, grow_fraction=0.2, prune_fraction=0.05)
     pruned, grown = points.adapt(schedule, 2.0, torch.Generator().manual_seed(0))
-    assert pruned == 5 and grown == 20
-    assert points.count == 100 - 5 + 20
-    # The 10 hot points split (each into two halves of its cell), 10 more from the kept ones.
-    hot_rows = points.xy()[:, 1] < 1.5
-    assert int(hot_rows.sum()) >= 20
-    # Pruned: low-error points; no position left the raster; tallies restart.
+    # Nothing is denser than the initial grid yet, so nothing is pruned; the 10 hot points split
+    # (each into two halves of its cell), and 10 more.
+    assert (pruned, grown) == (0, 20) and points.count == 120
+    assert int((points.xy()[:, 1] < 1.5).sum()) >= 20
     assert (points.xy() >= -0.5).all() and (points.xy() <= 19.5).all()
-    assert points.error.abs().sum() == 0 and points.visits.sum() == 0
+    assert points.error.abs().sum() == 0 and points.visits.sum() == 0  # tallies restart
     assert (points.sigma() >= MIN_SIGMA - 1e-6).all()
-    assert before.shape[0] != points.count
+    # Now the split points are right and the rest is not: the pruned ones come from the split
+    # (denser) region only, never from the initial density elsewhere.
+    dense = points.cell[:120] < 0.9 * 2.0
+    error = torch.where(dense, 1e-6, 1.0)
+    points.record_error(torch.arange(120), error)
+    sparse_before = points.xy().detach()[~dense].clone()
+    pruned, grown = points.adapt(schedule, 2.0, torch.Generator().manual_seed(1))
+    assert pruned == 6 and grown == 16 and points.count == 130  # 5 % of 120; then to the budget
+    after = points.xy().detach()
+    for row in sparse_before:  # points of the initial density are all still there
+        moved = (after - row).abs().sum(1).min()
+        assert moved <= 0.75  # kept, or split in place (moved by a quarter of its cell)
+
+
+def test_cells_below_one_and_a_half_pixels_do_not_split() -> None:
+    points = placed(capacity=400, n=400, size=(20, 20))  # cells of 1 pixel
+    tally_errors(points, slice(0, 400))
+    schedule = AdaptSchedule(interval=1, grow_fraction=0.5)
+    assert points.adapt(schedule, 1.0, torch.Generator().manual_seed(0)) == (0, 0)
 
 
 def test_adapt_never_exceeds_the_budget_nor_empties_the_set() -> None:

@@ -1,7 +1,7 @@
 """Photographs for the quality benchmarks: a folder of image files, or scikit-image's photos.
 
-Every image becomes a float32 RGB array [H, W, 3] in [0, 1]: grayscale is replicated to three
-channels, alpha is dropped, 16-bit and float images are scaled by their nominal range.
+Every image becomes a float32 RGB array [H, W, 3] in [0, 1] (read by ``nuir.image_files``):
+grayscale is replicated to three channels, alpha is dropped, 16-bit images are scaled by 65535.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+from nuir.image_files import IMAGE_SUFFIXES, load_image, skimage_photo_path
 
 # Real colour photographs shipped inside scikit-image (no download): the benchmark set.
 DEFAULT_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "ihc")
@@ -40,35 +39,11 @@ class Photo:
     pixels: np.ndarray  # [H, W, 3] float32 in [0, 1]
 
 
-def skimage_data_dir() -> Path:
-    import skimage.data
-
-    return Path(skimage.data.__file__).resolve().parent
-
-
-def to_rgb_float(image: Image.Image) -> np.ndarray:
-    """Any PIL image as float32 RGB [H, W, 3] in [0, 1]."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        gray = np.asarray(image, dtype=np.float32) / 65535.0
-    elif image.mode == "I":
-        data = np.asarray(image, dtype=np.float64)
-        gray = (data / (65535.0 if data.max() > 255 else 255.0)).astype(np.float32)
-    elif image.mode == "F":
-        gray = np.asarray(image, dtype=np.float32)
-        if gray.max() > 1.0:
-            gray = gray / 255.0
-    else:
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        return np.ascontiguousarray(rgb)
-    gray = np.clip(gray, 0.0, 1.0)
-    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
-
-
 def read_image(path: str | Path) -> np.ndarray:
-    """One image file as float32 RGB [H, W, 3] in [0, 1]."""
-    with Image.open(path) as image:
-        image.load()
-        return to_rgb_float(image)
+    """One image file as float32 RGB [H, W, 3] in [0, 1] (grey replicated, alpha dropped)."""
+    pixels = load_image(path)  # [C, H, W]
+    rgb = pixels[:3] if pixels.shape[0] >= 3 else pixels[:1].expand(3, -1, -1)
+    return np.ascontiguousarray(rgb.permute(1, 2, 0).numpy())
 
 
 def center_crop(pixels: np.ndarray, crop: int) -> np.ndarray:
@@ -89,14 +64,6 @@ def image_files(folder: str | Path) -> list[Path]:
     if not files:
         raise ValueError(f"images: no PNG/JPEG/TIFF files in {str(folder)!r}")
     return files
-
-
-def skimage_photo_path(name: str) -> Path:
-    data_dir = skimage_data_dir()
-    matches = sorted(p for p in data_dir.glob(f"{name}.*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not matches:
-        raise ValueError(f"photos: {name!r} is not an image shipped with scikit-image")
-    return matches[0]
 
 
 def load_images(
@@ -122,7 +89,10 @@ def load_images(
             photos = PHOTO_SETS.get(photos, names)
         if not photos:
             raise ValueError(f"photos must name a set {tuple(PHOTO_SETS)} or scikit-image photos")
-        paths = [skimage_photo_path(name) for name in photos]
+        try:
+            paths = [skimage_photo_path(name) for name in photos]
+        except FileNotFoundError as exc:
+            raise ValueError(f"photos: {exc}") from None
     if limit > 0:
         paths = paths[:limit]
     return [Photo(path.stem, center_crop(read_image(path), crop)) for path in paths]

@@ -45,6 +45,7 @@ from nuir.bench._common import (
     write_csv,
 )
 from nuir.bench._images import load_images
+from nuir.samplers import sigma_from_spacing
 
 MIN_SIGMA = 0.3
 # A pixel that no Gaussian reaches gets no gradient at all; a wider cutoff than nuir's default 3
@@ -178,8 +179,8 @@ def optimise(
     points = initial_points(spec.layout, n_points, height, width, args.seed)  # [N, 2]
     n_points = len(points)
     values = sample_bilinear(target, points)  # [N, C]
-    spacing = math.sqrt(height * width / n_points)
-    log_sigma = torch.full((n_points,), math.log(SIGMA_SCALE * spacing))  # [N]
+    sigma = sigma_from_spacing((height, width), n_points, SIGMA_SCALE)
+    log_sigma = torch.full((n_points,), math.log(sigma))  # [N]
     parameters = {"positions": points.clone(), "sigma": log_sigma, "values": values.clone()}
     learning_rates = {
         "positions": args.lr_positions,

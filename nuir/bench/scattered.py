@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.interpolate import griddata
-from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 import nuir
@@ -51,6 +50,7 @@ from nuir.bench._common import (
     write_csv,
 )
 from nuir.bench._images import Photo, add_photo_arguments, load_images
+from nuir.samplers import local_spacing, sigma_from_spacing
 from nuir.upsample import solve_consistent
 
 PATTERNS = ("random-4", "random-16", "random-64", "blue-noise-16", "blocks")
@@ -201,22 +201,14 @@ def griddata_reconstruct(
     return image.reshape(height, width, -1)
 
 
-def knn_spacing(points: np.ndarray, k: int) -> np.ndarray:
-    """[N] mean distance from each point to its k nearest other points."""
-    k = min(k, len(points) - 1)
-    if k < 1:
-        return np.ones(len(points))
-    distances, _ = cKDTree(points).query(points, k=k + 1)  # [N, k + 1], self first
-    return distances[:, 1:].mean(axis=1)
-
-
 def nuir_sigma(
     method: str, points: np.ndarray, height: int, width: int, scale: float, k: int
 ) -> np.ndarray | float:
     """One sigma (nuir-global: a * mean spacing) or [N] per-point sigmas (a * kNN spacing)."""
     if method == "nuir-global":
-        return scale * math.sqrt(height * width / len(points))
-    return scale * knn_spacing(points, k)
+        return sigma_from_spacing((height, width), len(points), scale)
+    spacing = local_spacing(torch.from_numpy(points), k, fallback=1.0)
+    return scale * spacing.numpy()
 
 
 def nuir_reconstruct(
