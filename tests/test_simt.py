@@ -257,12 +257,15 @@ def results(tmp_path_factory) -> dict:
         text=True,
         timeout=600,
     )
-    reports = [
-        line
-        for line in run.stderr.splitlines()
-        if "simt error" in line or "Sanitizer" in line or "runtime error" in line
-    ]
-    assert run.returncode == 0 and not reports, run.stderr[-6000:]
+    lines = run.stderr.splitlines()
+    markers = ("simt error", "Sanitizer", "runtime error")
+    first = next((i for i, line in enumerate(lines) if any(m in line for m in markers)), None)
+    if run.returncode != 0 or first is not None:
+        start = first if first is not None else max(0, len(lines) - 40)
+        case = next((line for line in reversed(lines[:start]) if line.startswith("case ")), "")
+        raise AssertionError(
+            f"harness exit {run.returncode} in {case}:\n" + "\n".join(lines[start : start + 40])
+        )
     out = torch.load(folder / "results.pt", weights_only=False)
     return dict(zip(CASES, out))
 
