@@ -202,8 +202,9 @@ def _cov3_from_sigma(
     """sigma (None, a float, [B, N] or [B, N, 2]) -> (sxx, 0, syy) [B, N, 3]; adds its check."""
     points, lead = batched.points, batched.lead
     if sigma is None:
-        # Half the mean point spacing: neighbouring Gaussians overlap without blurring much.
-        sigma = 0.5 * math.sqrt(height * width / max(lead[1], 1))
+        from nuir.samplers import sigma_from_spacing  # (nuir.samplers imports this module)
+
+        sigma = sigma_from_spacing((height, width), lead[1])
     if not isinstance(sigma, torch.Tensor):
         s = check_scalar("sigma", sigma, positive=True, allow_inf=False)
         return points.new_tensor([s * s, 0.0, s * s]).expand(*lead, 3)
