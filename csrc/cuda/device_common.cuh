@@ -16,6 +16,7 @@
 #include <array>
 #include <cstdint>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace nuir {
@@ -45,15 +46,17 @@ inline unsigned grid_for(int64_t items, int threads, int64_t cap = int64_t(1) <<
   return unsigned(blocks < 1 ? 1 : (blocks > cap ? cap : blocks));
 }
 
+template <typename... T, typename Backend, size_t... I>
+std::tuple<T*...> allocate(Backend& be, const std::array<int64_t, sizeof...(T)>& counts,
+                           std::index_sequence<I...>) {
+  const std::vector<void*> pointers = be.allocate({size_t(counts[I]) * sizeof(T)...});
+  return std::tuple<T*...>{static_cast<T*>(pointers[I])...};
+}
+
 // Scratch buffers of counts[i] elements of type T_i, from one be.allocate call.
 template <typename... T, typename Backend>
 std::tuple<T*...> allocate(Backend& be, const std::array<int64_t, sizeof...(T)>& counts) {
-  std::vector<size_t> bytes;
-  size_t i = 0;
-  (bytes.push_back(size_t(counts[i++]) * sizeof(T)), ...);
-  const std::vector<void*> pointers = be.allocate(bytes);
-  i = 0;
-  return std::tuple<T*...>{static_cast<T*>(pointers[i++])...};
+  return allocate<T...>(be, counts, std::index_sequence_for<T...>{});
 }
 
 }  // namespace cuda_detail
