@@ -51,9 +51,14 @@ SPARSE, DENSE = ROOT / "configs" / "default.yaml", ROOT / "configs" / "dense.yam
 VARIANTS: dict[str, tuple[Path, list[str]]] = {
     "implicit": (SPARSE, []),
     "implicit_static": (SPARSE, ["--model.adapt_interval=0", "--model.max_points=null"]),
-    "reconstruction": (
+    "reconstruction": (  # as the main job trained before the implicit objective
         SPARSE,
-        ["--model.objective=reconstruction", "--model.adapt_interval=0", "--model.max_points=null"],
+        [
+            "--model.objective=reconstruction",
+            "--model.lr_points=0.01",
+            "--model.adapt_interval=0",
+            "--model.max_points=null",
+        ],
     ),
     "dense": (DENSE, []),
     "dense_random": (DENSE, ["--model.mode=dense_random"]),

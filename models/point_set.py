@@ -1,25 +1,28 @@
 """The learnable point set of sparse training, and how it adapts under a budget.
 
-Each point has a position (x, y) in pixels, a Gaussian width sigma and a *cell*: the side of the
-square around it from which the point's sample position is drawn afresh every step, so that over
-the steps the network is supervised everywhere, not only at N fixed places. The set has a fixed
-``capacity`` (the budget); the first ``count`` slots are in use. A fixed capacity keeps every
-tensor's shape constant, so checkpoints, optimiser state and distributed training never see a
-parameter change size, while densification and pruning move rows in place.
+Each point has a *stratum*: an axis-aligned rectangle of the image from which the point draws a
+fresh sample position every step. The strata tile the image exactly (on the initial grid they are
+the grid's cells), so over the steps the network is supervised everywhere, one stratified sample
+per point per step. Each point also has a learnable position inside its stratum and a Gaussian
+width sigma: the Gaussian the reconstruction places there. The set has a fixed ``capacity`` (the
+budget); the first ``count`` slots are in use. A fixed capacity keeps every tensor's shape
+constant, so checkpoints, optimiser state and distributed training never see a parameter change
+size, while densification and pruning move rows in place.
 
-Adaptation (every ``interval`` steps between ``start`` and ``end``) uses the network's squared
-error at each point's samples, accumulated since the last adaptation:
+Adaptation (every ``interval`` steps between ``start`` and ``end``) scores each point by its
+share of the image's squared error: the network's mean squared error at the point's samples since
+the last adaptation, times the area of its stratum:
 
-- prune: the ``prune_fraction`` of points with the lowest error (where the network is already
-  right), only among points in regions that splits made denser than the initial placement, so
-  every part of the image keeps at least its initial density of samples;
-- grow: the points with the highest error split in two along a random axis, each half with half
-  the cell area and sigma / sqrt(2), until the budget is full (at most ``grow_fraction`` of the
-  set per step); a cell narrower than 1.4 pixels is not split (its samples already land on one
-  or two pixels).
+- prune: the ``prune_fraction`` of points with the lowest share (where the network is already
+  right), among points whose stratum is smaller than at the start, each merged into a neighbour
+  whose stratum shares a whole side with its own (undoing a split), so the strata still tile;
+- grow: the points with the largest share split their stratum in two across its longer side,
+  each half with its own point (sigma / sqrt(2)), until the budget is full (at most
+  ``grow_fraction`` of the set per step); a stratum narrower than 1.4 pixels is not split (its
+  samples already land on one or two pixels).
 
-After each adaptation every point's cell is its mean distance to its 4 nearest neighbours, so the
-cells tile the image again.
+Each sample's loss is weighted by its stratum's area, so the loss stays an estimate of the whole
+image's error however unevenly adaptation spreads the points.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from torch import nn
 from nuir.samplers import local_spacing
 
 MIN_SIGMA = 0.3  # pixels: a narrower Gaussian falls between pixel centres
-MIN_SPLIT_CELL = 1.4  # pixels: a split halves the cell area; below ~1 px samples repeat a pixel
-MAX_PRUNE_CELL = 0.9  # of the initial spacing: only points in regions denser than at the start
+MIN_SPLIT_SIDE = 1.4  # pixels: strata with a longer side below this are not split
+MAX_PRUNE_AREA = 0.8  # of the initial area: only points in regions denser than at the start
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,10 @@ class PointSet(nn.Module):
         super().__init__()
         self.positions = nn.Parameter(torch.zeros(capacity, 2), requires_grad=learn_positions)
         self.log_sigma = nn.Parameter(torch.zeros(capacity), requires_grad=learn_sigma)
-        self.register_buffer("cell", torch.zeros(capacity))  # [M] sample square side, pixels
+        # Stratum of each point: (centre x, centre y, width, height) in pixels.
+        self.register_buffer("strata", torch.zeros(capacity, 4))
         self.register_buffer("log_sigma_max", torch.zeros(()))
+        self.register_buffer("initial_area", torch.zeros(()))
         self.register_buffer("active", torch.zeros((), dtype=torch.int64))
         # The network's squared error at each point's samples since the last adaptation.
         self.register_buffer("error", torch.zeros(capacity, dtype=torch.float64))
@@ -123,19 +128,35 @@ class PointSet(nn.Module):
         """Positions of the points in use: [n, 2] (x, y) in pixels."""
         return self.positions[: self.count]
 
+    def sides(self) -> torch.Tensor:
+        """Width and height of the strata of the points in use: [n, 2] pixels."""
+        return self.strata[: self.count, 2:]
+
     @torch.no_grad()
-    def place(self, positions: torch.Tensor, sigma: torch.Tensor) -> None:
-        """Put n <= capacity points in the first slots; cells from their spacing."""
+    def place(
+        self, positions: torch.Tensor, sigma: torch.Tensor, strata: torch.Tensor | None = None
+    ) -> None:
+        """Put n <= capacity points in the first slots.
+
+        Args:
+            positions: [n, 2]; sigma: [n].
+            strata: [n, 4] (centre x, centre y, width, height) tiling the image (a grid's cells);
+                default: a square around each point, as wide as its spacing to its neighbours.
+        """
         count = positions.shape[0]
         if not 1 <= count <= self.capacity:
             raise ValueError(f"cannot place {count} points in a set of capacity {self.capacity}")
-        self.positions.zero_()
-        self.log_sigma.zero_()
+        if strata is None:
+            side = local_spacing(positions.detach(), 2, fallback=1.0)[:, None]  # [n, 1]
+            strata = torch.cat([positions, side, side], dim=1)
+        for tensor in (self.positions, self.log_sigma, self.strata):
+            tensor.zero_()
         self.positions[:count] = positions
         self.log_sigma[:count] = sigma.clamp_min(MIN_SIGMA).log()
+        self.strata[:count] = strata.to(self.strata)
         self.log_sigma_max.fill_(math.log(4.0 * float(sigma.max())))
+        self.initial_area.fill_(float(strata[:, 2:].prod(1).mean()))
         self._set_count(count)
-        self._refresh_cells()
 
     def _set_count(self, count: int) -> None:
         self.count = int(count)
@@ -143,23 +164,14 @@ class PointSet(nn.Module):
         self.error.zero_()
         self.visits.zero_()
 
-    @torch.no_grad()
-    def _refresh_cells(self) -> None:
-        fallback = max(float(self.cell[: self.count].max()), 1.0) if self.count else 1.0
-        spacing = local_spacing(self.positions[: self.count].detach(), fallback=fallback)  # [n]
-        self.cell.zero_()
-        self.cell[: self.count] = spacing
-
     def samples(
         self, index: torch.Tensor | None, generator: torch.Generator, jitter: float
     ) -> torch.Tensor:
-        """Fresh sample positions, one per point: each uniform in ``jitter`` x its cell around
-        it. Differentiable with respect to the positions: [n, 2] (or [len(index), 2])."""
-        centres = self.xy() if index is None else self.positions[index]
-        cells = self.cell[: self.count] if index is None else self.cell[index]
-        offset = torch.rand(centres.shape, generator=generator, dtype=centres.dtype)
-        offset = (offset.to(centres.device) - 0.5) * (jitter * cells[:, None])  # [n, 2]
-        return centres + offset
+        """Fresh sample positions, one per point, each uniform in ``jitter`` x its stratum
+        (around the stratum's centre): [n, 2] (or [len(index), 2])."""
+        strata = self.strata[: self.count] if index is None else self.strata[index]
+        offset = torch.rand(strata.shape[0], 2, generator=generator, dtype=strata.dtype)
+        return strata[:, :2] + (offset.to(strata.device) - 0.5) * (jitter * strata[:, 2:])
 
     @torch.no_grad()
     def record_error(self, index: torch.Tensor, squared_error: torch.Tensor) -> None:
@@ -168,11 +180,12 @@ class PointSet(nn.Module):
         self.visits.index_add_(0, index, torch.ones_like(squared_error, dtype=torch.float64))
 
     @torch.no_grad()
-    def clamp_(self, size: tuple[int, int]) -> None:
-        """Positions back on the raster, sigma back in [MIN_SIGMA, its upper bound]."""
-        height, width = size
-        self.positions[:, 0].clamp_(-0.5, width - 0.5)
-        self.positions[:, 1].clamp_(-0.5, height - 0.5)
+    def clamp_(self) -> None:
+        """Positions back inside their strata, sigma back in [MIN_SIGMA, its upper bound]."""
+        low = self.strata[:, :2] - self.strata[:, 2:] / 2
+        self.positions.copy_(
+            torch.minimum(torch.maximum(self.positions, low), low + self.strata[:, 2:])
+        )
         self.log_sigma.clamp_(math.log(MIN_SIGMA), float(self.log_sigma_max))
 
     # --- adaptation ------------------------------------------------------------------------
@@ -181,7 +194,6 @@ class PointSet(nn.Module):
     def adapt(
         self,
         schedule: AdaptSchedule,
-        initial_spacing: float,
         generator: torch.Generator,
         optimizer: torch.optim.Optimizer | None = None,
         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -195,40 +207,68 @@ class PointSet(nn.Module):
         count = self.count
         error, visits = self.error[:count].clone(), self.visits[:count].clone()
         if reduce is not None:
-            error, visits = reduce(error), reduce(visits)
-        score = error / visits.clamp_min(1.0)  # mean squared error near each point
+            error, visits = (
+                reduce(error.to(self.error.device)),
+                reduce(visits.to(self.error.device)),
+            )
+        error, visits = error.cpu(), visits.cpu()
+        strata = self.strata[:count].cpu()
+        area = strata[:, 2:].prod(1).double()
+        # Each point's share of the image's squared error: its samples' mean squared error times
+        # the area they stand for. Splitting the largest shares refines where it pays most.
+        score = error / visits.clamp_min(1.0) * area
         visited = visits > 0  # others (outside every crop since the last time) stay as they are
 
-        cells = self.cell[:count]
-        # Only where earlier splits made the set denser than it started: flat regions keep the
-        # initial density, so every part of the image keeps being sampled.
-        prunable = (cells < MAX_PRUNE_CELL * initial_spacing) & visited
-        n_prune = min(int(schedule.prune_fraction * count), int(prunable.sum()), count - 1)
-        order = torch.argsort(torch.where(prunable, score, math.inf).cpu(), stable=True)
-        pruned = order[:n_prune]
         keep = torch.ones(count, dtype=torch.bool)
-        keep[pruned] = False
+        wanted = min(int(schedule.prune_fraction * count), count - 1)
+        prunable = visited & (area < MAX_PRUNE_AREA * float(self.initial_area))
+        merged = self._merge(torch.where(prunable, score, math.inf), wanted, keep, strata)
         kept = keep.nonzero().squeeze(1)  # [n_kept], in slot order
         room = self.capacity - kept.numel()
         n_grow = min(room, math.ceil(schedule.grow_fraction * count))
-        # A cell below MIN_SPLIT_CELL pixels already samples a single pixel: no use splitting it.
-        splittable = visited & (cells >= MIN_SPLIT_CELL)
+        # A stratum narrower than MIN_SPLIT_SIDE already samples one or two pixels.
+        splittable = visited & (strata[:, 2:].amax(1) >= MIN_SPLIT_SIDE)
         n_grow = min(n_grow, int(splittable[kept].sum()))
         growth = torch.where(splittable, score, -math.inf)[kept]
-        parents = torch.argsort(growth.cpu(), descending=True, stable=True)[:n_grow]  # in kept
+        parents = torch.argsort(growth, descending=True, stable=True)[:n_grow]  # rows of kept
 
+        self.strata[:count] = strata.to(self.strata)  # merged strata
         rows = torch.cat([kept, kept[parents]])  # new slot i takes old row rows[i]
         self._permute(rows, optimizer, fresh_from=kept.numel())
         self._split(parents, kept.numel(), generator)
         self._set_count(rows.numel())
-        self._refresh_cells()
-        return int(n_prune), int(parents.numel())
+        self.clamp_()
+        return merged, int(parents.numel())
+
+    @staticmethod
+    def _merge(score: torch.Tensor, wanted: int, keep: torch.Tensor, strata: torch.Tensor) -> int:
+        """Merge up to ``wanted`` points, lowest finite score first, each into a kept neighbour
+        whose stratum shares a whole side with its own (the union is a rectangle); updates
+        ``keep`` and ``strata`` [n, 4] in place. Returns how many were merged."""
+        if wanted <= 0 or not torch.isfinite(score).any():
+            return 0
+        from scipy.spatial import cKDTree
+
+        centres = strata[:, :2].double().numpy()
+        _, neighbours = cKDTree(centres).query(centres, k=min(9, len(centres)))
+        merged = 0
+        for i in torch.argsort(score, stable=True).tolist():
+            if merged == wanted or not math.isfinite(float(score[i])):
+                break
+            if not keep[i]:
+                continue
+            for j in neighbours[i][1:].tolist():
+                if keep[j] and j != i and _join(strata, i, j):
+                    keep[i] = False
+                    merged += 1
+                    break
+        return merged
 
     def _permute(self, rows: torch.Tensor, optimizer, fresh_from: int) -> None:
         """Slot i <- old slot rows[i]; slots from ``fresh_from`` get zero optimiser moments."""
         rows = rows.to(self.positions.device)
         used = rows.numel()
-        for tensor in (self.positions, self.log_sigma, self.cell):
+        for tensor in (self.positions, self.log_sigma, self.strata):
             moved = tensor[rows].clone()
             tensor.zero_()
             tensor[:used] = moved
@@ -243,17 +283,39 @@ class PointSet(nn.Module):
                     state[key][:fresh_from] = moved[:fresh_from]
 
     def _split(self, parents: torch.Tensor, first_child: int, generator: torch.Generator) -> None:
-        """Parent slot p and child slot first_child + k (its copy) become the two halves of
-        p's cell along a random axis."""
+        """Parent slot p and child slot first_child + k (its copy) take the two halves of p's
+        stratum across its longer side (a random one when square), each point at its half's
+        centre."""
         if parents.numel() == 0:
             return
         parents = parents.to(self.positions.device)
         children = torch.arange(first_child, first_child + parents.numel(), device=parents.device)
-        axis = torch.randint(0, 2, (parents.numel(),), generator=generator).to(parents.device)
-        shift = torch.zeros(parents.numel(), 2, device=parents.device)
-        shift[torch.arange(parents.numel()), axis] = self.cell[parents] / 4
-        self.positions[parents] -= shift
-        self.positions[children] += shift
-        halved = math.log(math.sqrt(2.0))
-        for slots in (parents, children):
-            self.log_sigma[slots] = (self.log_sigma[slots] - halved).clamp_min(math.log(MIN_SIGMA))
+        sides = self.strata[parents, 2:]  # [k, 2]
+        coin = torch.randint(0, 2, (parents.numel(),), generator=generator).to(parents.device)
+        axis = torch.where(sides[:, 0] == sides[:, 1], coin, (sides[:, 1] > sides[:, 0]).long())
+        rows = torch.arange(parents.numel(), device=parents.device)
+        shift = torch.zeros_like(sides)
+        shift[rows, axis] = sides[rows, axis] / 4
+        halved = sides.clone()
+        halved[rows, axis] /= 2
+        centres = self.strata[parents, :2]
+        for slots, sign in ((parents, -1.0), (children, 1.0)):
+            self.strata[slots, :2] = centres + sign * shift
+            self.strata[slots, 2:] = halved
+            self.positions[slots] = centres + sign * shift
+            shrunk = self.log_sigma[slots] - math.log(math.sqrt(2.0))
+            self.log_sigma[slots] = shrunk.clamp_min(math.log(MIN_SIGMA))
+
+
+def _join(strata: torch.Tensor, i: int, j: int, tolerance: float = 1e-4) -> bool:
+    """If strata i and j share a whole side, make j their union and return True."""
+    (xi, yi, wi, hi), (xj, yj, wj, hj) = strata[i].tolist(), strata[j].tolist()
+    same_rows = abs(yi - yj) < tolerance and abs(hi - hj) < tolerance
+    same_columns = abs(xi - xj) < tolerance and abs(wi - wj) < tolerance
+    if same_rows and abs(abs(xi - xj) - (wi + wj) / 2) < tolerance:
+        strata[j] = torch.tensor([(xi * wi + xj * wj) / (wi + wj), yj, wi + wj, hj])
+        return True
+    if same_columns and abs(abs(yi - yj) - (hi + hj) / 2) < tolerance:
+        strata[j] = torch.tensor([xj, (yi * hi + yj * hj) / (hi + hj), wj, hi + hj])
+        return True
+    return False

@@ -43,8 +43,8 @@ METHODS = ("adaptive", "grid", "points", "dense")
 
 def detail_levels(system: ImplicitImageSystem, block: int = 8, max_level: int = 1) -> torch.Tensor:
     """Per block of ``block`` x ``block`` training pixels, the finest grid level it needs: one
-    level finer for every two times training split a point there (each split halves a cell's
-    area), starting at the first split. Blocks where no point split keep the base grid.
+    level finer for every two times training split a point's stratum there, starting at the
+    first split. Blocks where no point split keep the base grid.
 
     Returns:
         [ceil(H / block), ceil(W / block)] int64 (all 0 without a point set).
@@ -54,10 +54,11 @@ def detail_levels(system: ImplicitImageSystem, block: int = 8, max_level: int = 
     if system.point_set is None or max_level == 0:
         return torch.zeros(shape, dtype=torch.int64)
     count = system.point_set.count
-    points = system.points.detach().cpu()
-    cells = system.point_set.cell[:count].detach().cpu().double()
-    halvings = torch.log2(float(system.initial_spacing) / cells.clamp_min(1e-6))  # 0.5 per split
-    level = torch.floor(halvings + 0.5 + 1e-6).clamp(0, max_level).long()
+    strata = system.point_set.strata[:count].detach().cpu().double()
+    points = strata[:, :2]
+    # Each split halves a stratum's area.
+    splits = torch.log2(float(system.point_set.initial_area) / strata[:, 2:].prod(1))
+    level = torch.floor((splits + 1) / 2 + 1e-6).clamp(0, max_level).long()
     column = ((points[:, 0] + 0.5).clamp(0, width - 1) / block).long()  # block of its pixel
     row = ((points[:, 1] + 0.5).clamp(0, height - 1) / block).long()
     levels = torch.zeros(shape[0] * shape[1], dtype=torch.int64)

@@ -32,7 +32,6 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
@@ -45,7 +44,7 @@ import nuir
 from models.point_set import AdaptSchedule, PointSet
 from nuir.geometry import pixel_centres, pixel_to_unit, points_reaching, tile_windows
 from nuir.renderers import evaluate_network
-from nuir.samplers import PLACEMENTS, local_spacing, mean_spacing, sample_points
+from nuir.samplers import PLACEMENTS, grid_strata, local_spacing, mean_spacing, sample_points
 
 Mode = Literal["sparse", "dense", "dense_random"]
 Objective = Literal["implicit", "reconstruction"]
@@ -69,8 +68,9 @@ class ImplicitImageSystem(pl.LightningModule):
             point; default (None): half of each point's distance to its 4 nearest neighbours.
         learn_points: train the positions (else they stay where placed or adapted).
         learn_sigma: train one sigma per point (kept in [0.3 px, 4 x the largest initial one]).
-        jitter: implicit objective: the fraction of its cell (side = its neighbour spacing) in
-            which each point draws its sample every step; 0 samples at the points themselves.
+        jitter: implicit objective: the fraction of its stratum (its cell of the grid, or a
+            square as wide as its neighbour spacing) in which each point draws its sample every
+            step; 0 samples at the strata's centres.
         reconstruction_weight: implicit objective: weight of the reconstruction loss, which
             trains the positions and sigma (0: no reconstruction during training).
         value_gradient: implicit objective: scale of the reconstruction loss's gradient into the
@@ -81,7 +81,9 @@ class ImplicitImageSystem(pl.LightningModule):
             adaptation.
         cutoff: Mahalanobis radius of each Gaussian (``nuir.interpolate``'s cutoff).
         loss: ``"mse"`` or ``"l1"``.
-        lr_network, lr_points, lr_sigma: Adam learning rates of the three parameter groups.
+        lr_network, lr_points, lr_sigma: Adam learning rates of the three parameter groups. The
+            positions' rate is low on purpose: Adam moves a point by about the rate per step,
+            and points that drift far from their cells leave parts of the image unsampled.
         lr_schedule: ``"constant"`` or ``"cosine"`` (decay to ``lr_final_fraction`` of each rate
             over the trainer's ``max_steps``).
         lr_final_fraction: final learning rate as a fraction of the initial one (cosine).
@@ -114,7 +116,7 @@ class ImplicitImageSystem(pl.LightningModule):
         cutoff: float = 3.0,
         loss: Literal["mse", "l1"] = "mse",
         lr_network: float = 1e-3,
-        lr_points: float = 1e-2,
+        lr_points: float = 1e-3,
         lr_sigma: float = 1e-2,
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         lr_final_fraction: float = 0.1,
@@ -182,7 +184,6 @@ class ImplicitImageSystem(pl.LightningModule):
         self.register_buffer("image_size", torch.zeros(2, dtype=torch.int64))  # (H, W)
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
         self.register_buffer("network_evaluations", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("initial_spacing", torch.zeros((), dtype=torch.float64))
         self.point_set: PointSet | None = None
         if mode == "sparse":
             self.point_set = PointSet(
@@ -261,7 +262,6 @@ class ImplicitImageSystem(pl.LightningModule):
                 )
             return
         self.image_size.copy_(torch.tensor([height, width]))
-        self.initial_spacing.fill_(mean_spacing((height, width), self.n_points))
         if self.point_set is not None:
             generator = torch.Generator().manual_seed(self.seed)
             points = sample_points(
@@ -270,8 +270,13 @@ class ImplicitImageSystem(pl.LightningModule):
             if self.initial_sigma is not None:
                 sigma = torch.full((self.n_points,), float(self.initial_sigma))
             else:
-                sigma = 0.5 * local_spacing(points, fallback=float(self.initial_spacing))  # [N]
-            self.point_set.place(points.to(self.device), sigma.to(self.device))
+                spacing = mean_spacing((height, width), self.n_points)
+                sigma = 0.5 * local_spacing(points, fallback=spacing)  # [N]
+            strata = None  # squares around the points, as wide as their spacing
+            if self.placement in ("grid", "jittered"):  # the grid's cells, tiling the image
+                strata = grid_strata((height, width), self.n_points)
+            device = self.device
+            self.point_set.place(points.to(device), sigma.to(device), strata)
         self.initialised.fill_(True)
 
     def configure_optimizers(self):
@@ -334,15 +339,14 @@ class ImplicitImageSystem(pl.LightningModule):
         return self.point_set.sigma()
 
     def points_reaching(self, window: Window) -> torch.Tensor | None:
-        """Indices [n] of the points whose Gaussian support, or the cell their samples come
-        from, reaches the window (None: the window is the whole image)."""
+        """Indices [n] of the points whose Gaussian, wherever it sits in their stratum, reaches
+        the window (None: the window is the whole image)."""
         if window[2:] == self.size:
             return None
         count = self.point_set.count
-        reach = (
-            self.cutoff * self.sigma().detach() + 0.5 * self.jitter * self.point_set.cell[:count]
-        )
-        return points_reaching(self.points.detach(), reach, window)
+        strata = self.point_set.strata[:count]
+        reach = self.cutoff * self.sigma().detach()[:, None] + strata[:, 2:] / 2  # [n, 2]
+        return points_reaching(strata[:, :2], reach, window)
 
     def reconstruct_window(self, window: Window | None = None) -> tuple[torch.Tensor, int]:
         """Sparse reconstruction of a window (row0, col0, h, w), differentiably, from the network
@@ -397,10 +401,15 @@ class ImplicitImageSystem(pl.LightningModule):
         col0 = int(torch.randint(0, width - w + 1, (1,), generator=generator))
         return (row0, col0, h, w)
 
-    def loss_fn(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.loss_name == "l1":
-            return F.l1_loss(prediction, target)
-        return F.mse_loss(prediction, target)
+    def loss_fn(
+        self, prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean squared (or absolute) error; ``weight`` [n] weighs the rows of [n, C] inputs."""
+        difference = prediction - target
+        error = difference.abs() if self.loss_name == "l1" else difference.square()
+        if weight is None:
+            return error.mean()
+        return (error * weight[:, None]).mean()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         generator = self.step_generator()  # the batch is only the step number: draws are ours
@@ -446,15 +455,20 @@ class ImplicitImageSystem(pl.LightningModule):
             index = torch.arange(self.point_set.count, device=self.device)
         samples = self.point_set.samples(index, generator, self.jitter)  # [n, 2]
         limit = samples.new_tensor([width - 1, height - 1])
-        centres = torch.minimum(samples.detach().round().clamp_min(0), limit)  # [n, 2] pixels
-        # Straight through: the Gaussians sit on the pixel centres, the gradient moves the points.
-        samples = samples + (centres - samples).detach()
+        centres = torch.minimum(samples.round().clamp_min(0), limit)  # [n, 2] pixel centres
+        # Straight through: the Gaussians sit on the sampled pixel centres, and their position
+        # gradient moves the points (which the reconstruction of the whole image uses).
+        anchors = self.point_set.positions[index]  # [n, 2]
+        samples = anchors + (centres - anchors).detach()
         values = self.network(pixel_to_unit(centres.to(self.coordinate_dtype), self.size))
 
         local = centres.long() - torch.tensor([col0, row0], device=centres.device)  # [n, 2]
         inside = ((local >= 0) & (local < torch.tensor([w, h], device=local.device))).all(1)
         pixels = crop[:, local[inside, 1], local[inside, 0]].T  # [m, C]
-        loss = self.loss_fn(values[inside], pixels)
+        # Each sample stands for its cell: weighted by the cell's area, the loss estimates the
+        # image's error however unevenly adaptation has spread the points.
+        area = self.point_set.strata[index[inside], 2:].prod(1)  # [m]
+        loss = self.loss_fn(values[inside], pixels, weight=area / area.mean())
         squared_error = (values[inside] - pixels).detach().square().sum(1)  # [m]
         self.point_set.record_error(index[inside], squared_error)
         self.log("train/psnr_samples", _psnr(values[inside], pixels), prog_bar=True)
@@ -474,7 +488,7 @@ class ImplicitImageSystem(pl.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.point_set is None:
             return
-        self.point_set.clamp_(self.size)
+        self.point_set.clamp_()
         step = int(self.global_step)
         if self.objective == "implicit" and self.adapt_schedule.due(step):
             strategy = self.trainer.strategy if self._trainer is not None else None
@@ -483,9 +497,7 @@ class ImplicitImageSystem(pl.LightningModule):
                 reduce = lambda t: strategy.reduce(t, reduce_op="sum")  # noqa: E731
             optimizer = self.optimizers().optimizer if self._trainer is not None else None
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step + 500_000_029)
-            pruned, grown = self.point_set.adapt(
-                self.adapt_schedule, float(self.initial_spacing), generator, optimizer, reduce
-            )
+            pruned, grown = self.point_set.adapt(self.adapt_schedule, generator, optimizer, reduce)
             self.log("train/points_pruned", float(pruned))
             self.log("train/points_grown", float(grown))
 

@@ -73,6 +73,26 @@ def uniform_grid(
     return torch.stack([x, y], dim=-1).to(dtype=dtype, device=device)
 
 
+def grid_strata(
+    size: tuple[int, int],
+    n: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The cells of :func:`uniform_grid`'s n points, which tile the raster exactly.
+
+    Returns:
+        [N, 4] (centre x, centre y, width, height) in pixel units; the centres are the points.
+    """
+    height, width = check_size(size)
+    n = _check_count(n)
+    _, _, per_row, rows = _grid_cells(height, width, n)
+    sides = torch.stack([width / per_row, (height / rows).expand(n)], dim=-1)
+    strata = torch.cat([uniform_grid(size, n, dtype=torch.float64), sides], dim=-1)
+    return strata.to(dtype=dtype, device=device)
+
+
 def jittered_grid(
     size: tuple[int, int],
     n: int,

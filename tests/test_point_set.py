@@ -1,47 +1,59 @@
-"""The adaptive point set: placement, per-step samples, densification and pruning, schedules."""
+"""The adaptive point set: strata, per-step samples, densification and pruning, schedules."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
 from models.point_set import MIN_SIGMA, AdaptSchedule, PointSet
-from nuir.samplers import uniform_grid
+from nuir.samplers import grid_strata, uniform_grid
+
+SIZE = (20, 20)
 
 
-def placed(capacity: int = 200, n: int = 100, size=(20, 20)) -> PointSet:
+def placed(capacity: int = 200, n: int = 100, size=SIZE) -> PointSet:
     points = PointSet(capacity)
-    positions = uniform_grid(size, n)
-    points.place(positions, torch.full((n,), 1.0))
+    points.place(uniform_grid(size, n), torch.full((n,), 1.0), grid_strata(size, n))
     return points
 
 
-def test_place_fills_the_first_slots_and_cells_follow_the_spacing() -> None:
+def coverage(points: PointSet, size=SIZE) -> torch.Tensor:
+    """How many strata cover each pixel centre: [H, W] (1 everywhere when they tile)."""
+    height, width = size
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    strata = points.strata[: points.count]
+    low, high = strata[:, :2] - strata[:, 2:] / 2, strata[:, :2] + strata[:, 2:] / 2
+    inside = (
+        (xs[..., None] >= low[:, 0]) & (xs[..., None] < high[:, 0])
+        & (ys[..., None] >= low[:, 1]) & (ys[..., None] < high[:, 1])
+    )  # fmt: skip
+    return inside.sum(-1)
+
+
+def test_place_fills_the_first_slots_with_strata_that_tile() -> None:
     points = placed()
     assert points.count == 100 and int(points.active) == 100
     assert points.xy().shape == (100, 2) and points.sigma().shape == (100,)
-    # 10 x 10 points on 20 x 20 pixels: cells of 2 pixels inside (wider along the border, where
-    # the 4 nearest neighbours include diagonal ones).
-    inside = ((points.xy() > 1) & (points.xy() < 18)).all(1)
-    torch.testing.assert_close(points.cell[:100][inside], torch.full((64,), 2.0))
-    assert (points.cell[:100] >= 2.0 - 1e-6).all()
-    assert (points.cell[100:] == 0).all() and (points.positions[100:] == 0).all()
+    assert torch.equal(points.sides(), torch.full((100, 2), 2.0))  # 10 x 10 cells of 2 pixels
+    assert (coverage(points) == 1).all()
+    assert float(points.initial_area) == 4.0
+    assert (points.strata[100:] == 0).all() and (points.positions[100:] == 0).all()
     with pytest.raises(ValueError, match="capacity"):
         PointSet(10).place(torch.zeros(11, 2), torch.ones(11))
+    squares = PointSet(10)
+    squares.place(uniform_grid(SIZE, 4), torch.ones(4))  # no strata given: spacing squares
+    torch.testing.assert_close(squares.sides(), torch.full((4, 2), 10.0))
 
 
-def test_samples_stay_in_their_cells_and_carry_the_position_gradient() -> None:
+def test_samples_spread_over_the_strata() -> None:
     points = placed()
     generator = torch.Generator().manual_seed(0)
     samples = points.samples(None, generator, jitter=1.0)  # [100, 2]
-    offset = (samples - points.xy()).detach()
-    assert (offset.abs() <= points.cell[:100, None] / 2 + 1e-6).all()  # inside the cell
+    offset = samples - points.strata[:100, :2]
+    assert (offset.abs() <= 1.0).all()  # half of the 2-pixel cell
     assert offset.abs().max() > 0.8  # and really spread over it
-    samples.sum().backward()
-    assert torch.equal(points.positions.grad[:100], torch.ones(100, 2))
-    assert torch.equal(points.samples(None, generator, jitter=0.0), points.xy())
+    assert torch.equal(points.samples(None, generator, jitter=0.0), points.strata[:100, :2])
+    assert points.samples(torch.tensor([3, 7]), generator, 1.0).shape == (2, 2)
 
 
 def tally_errors(points: PointSet, hot: slice) -> None:
@@ -52,37 +64,33 @@ def tally_errors(points: PointSet, hot: slice) -> None:
     points.record_error(index, error)
 
 
-def test_adapt_grows_where_the_error_is_high_and_prunes_where_it_is_low() -> None:
+def test_adapt_splits_where_the_error_is_high_and_merges_where_it_is_low() -> None:
     points = placed(capacity=130)
     tally_errors(points, slice(0, 10))  # the first grid row
     schedule = AdaptSchedule(interval=1, grow_fraction=0.2, prune_fraction=0.05)
-    pruned, grown = points.adapt(schedule, 2.0, torch.Generator().manual_seed(0))
+    pruned, grown = points.adapt(schedule, torch.Generator().manual_seed(0))
     # Nothing is denser than the initial grid yet, so nothing is pruned; the 10 hot points split
-    # (each into two halves of its cell), and 10 more.
+    # (each stratum into two halves), and 10 more.
     assert (pruned, grown) == (0, 20) and points.count == 120
-    assert int((points.xy()[:, 1] < 1.5).sum()) >= 20
-    assert (points.xy() >= -0.5).all() and (points.xy() <= 19.5).all()
+    assert int((points.xy()[:, 1] < 2.0).sum()) == 20  # the first row now holds 20 points
+    assert (coverage(points) == 1).all()  # the strata still tile the image
     assert points.error.abs().sum() == 0 and points.visits.sum() == 0  # tallies restart
     assert (points.sigma() >= MIN_SIGMA - 1e-6).all()
-    # Now the split points are right and the rest is not: the pruned ones come from the split
-    # (denser) region only, never from the initial density elsewhere.
-    dense = points.cell[:120] < 0.9 * 2.0
-    error = torch.where(dense, 1e-6, 1.0)
-    points.record_error(torch.arange(120), error)
-    sparse_before = points.xy().detach()[~dense].clone()
-    pruned, grown = points.adapt(schedule, 2.0, torch.Generator().manual_seed(1))
+    # Now the split points are right and the rest is not: the merged ones come from the split
+    # (denser) strata only, and the strata still tile the image.
+    dense = points.sides().prod(1) < 4.0
+    points.record_error(torch.arange(120), torch.where(dense, 1e-6, 1.0))
+    pruned, grown = points.adapt(schedule, torch.Generator().manual_seed(1))
     assert pruned == 6 and grown == 16 and points.count == 130  # 5 % of 120; then to the budget
-    after = points.xy().detach()
-    for row in sparse_before:  # points of the initial density are all still there
-        moved = (after - row).abs().sum(1).min()
-        assert moved <= 0.75  # kept, or split in place (moved by a quarter of its cell)
+    assert (coverage(points) == 1).all()
+    assert float(points.sides().prod(1).sum()) == pytest.approx(400.0)
 
 
-def test_cells_below_one_and_a_half_pixels_do_not_split() -> None:
-    points = placed(capacity=400, n=400, size=(20, 20))  # cells of 1 pixel
+def test_strata_narrower_than_one_and_a_half_pixels_do_not_split() -> None:
+    points = placed(capacity=800, n=400)  # cells of 1 pixel
     tally_errors(points, slice(0, 400))
     schedule = AdaptSchedule(interval=1, grow_fraction=0.5)
-    assert points.adapt(schedule, 1.0, torch.Generator().manual_seed(0)) == (0, 0)
+    assert points.adapt(schedule, torch.Generator().manual_seed(0)) == (0, 0)
 
 
 def test_adapt_never_exceeds_the_budget_nor_empties_the_set() -> None:
@@ -90,25 +98,26 @@ def test_adapt_never_exceeds_the_budget_nor_empties_the_set() -> None:
     schedule = AdaptSchedule(interval=1, grow_fraction=1.0, prune_fraction=0.0)
     for seed in range(5):
         tally_errors(points, slice(0, points.count))
-        points.adapt(schedule, 2.0, torch.Generator().manual_seed(seed))
+        points.adapt(schedule, torch.Generator().manual_seed(seed))
         assert points.count <= 110
-    assert points.count == 110
-    small = placed(capacity=4, n=4, size=(4, 4))
+    assert points.count == 110 and (coverage(points) == 1).all()
+    small = placed(capacity=8, n=4, size=(8, 8))
     harsh = AdaptSchedule(interval=1, grow_fraction=0.5, prune_fraction=0.99)
-    for seed in range(5):
-        tally_errors(small, slice(0, 1))
-        small.adapt(harsh, 2.0, torch.Generator().manual_seed(seed))
-        assert 1 <= small.count <= 4
+    for seed in range(6):
+        small.record_error(torch.arange(small.count), torch.rand(small.count))
+        small.adapt(harsh, torch.Generator().manual_seed(seed))
+        assert 1 <= small.count <= 8
+        assert (coverage(small, (8, 8)) == 1).all()
 
 
 def test_unvisited_points_are_neither_pruned_nor_split() -> None:
     points = placed()
     points.record_error(torch.arange(50), torch.rand(50))  # only the first half seen
-    untouched = points.xy()[50:].detach().clone()
+    untouched = points.strata[50:100].clone()
     schedule = AdaptSchedule(interval=1, grow_fraction=0.1, prune_fraction=0.1)
-    points.adapt(schedule, 2.0, torch.Generator().manual_seed(0))
-    kept = points.xy().detach()
-    for row in untouched:  # every unvisited point is still there, unmoved
+    points.adapt(schedule, torch.Generator().manual_seed(0))
+    kept = points.strata[: points.count]
+    for row in untouched:  # every unvisited stratum is still there, unchanged
         assert (kept - row).abs().sum(1).min() == 0
 
 
@@ -120,7 +129,7 @@ def test_adam_moments_follow_their_rows_and_new_rows_start_at_zero() -> None:
     moments = optimizer.state[points.positions]["exp_avg"][:100].clone()
     tally_errors(points, slice(90, 100))
     schedule = AdaptSchedule(interval=1, grow_fraction=0.1, prune_fraction=0.0)
-    _, grown = points.adapt(schedule, 2.0, torch.Generator().manual_seed(0), optimizer)
+    _, grown = points.adapt(schedule, torch.Generator().manual_seed(0), optimizer)
     assert grown == 10
     state = optimizer.state[points.positions]
     assert torch.equal(state["exp_avg"][:100], moments)  # nothing pruned: rows in place
@@ -128,14 +137,24 @@ def test_adam_moments_follow_their_rows_and_new_rows_start_at_zero() -> None:
     assert state["exp_avg"].shape == (120, 2)  # shapes never change
 
 
+def test_positions_stay_in_their_strata() -> None:
+    points = placed()
+    with torch.no_grad():
+        points.positions[:100] += torch.randn(100, 2) * 5
+    points.clamp_()
+    low = points.strata[:100, :2] - points.strata[:100, 2:] / 2
+    high = low + points.strata[:100, 2:]
+    assert ((points.xy() >= low) & (points.xy() <= high)).all()
+
+
 def test_state_dict_round_trip_restores_the_count() -> None:
     points = placed(capacity=150)
     tally_errors(points, slice(0, 20))
-    points.adapt(AdaptSchedule(interval=1), 2.0, torch.Generator().manual_seed(0))
+    points.adapt(AdaptSchedule(interval=1), torch.Generator().manual_seed(0))
     fresh = PointSet(150)
     fresh.load_state_dict(points.state_dict())
     assert fresh.count == points.count
-    assert torch.equal(fresh.xy(), points.xy())
+    assert torch.equal(fresh.xy(), points.xy()) and torch.equal(fresh.strata, points.strata)
 
 
 @pytest.mark.parametrize(
@@ -156,7 +175,6 @@ def test_impossible_schedules_are_rejected_by_name(schedule, initial, budget, me
 
 def test_schedule_due_steps() -> None:
     schedule = AdaptSchedule(interval=100, start=200, end=500)
-    due = [step for step in range(0, 800) if schedule.due(step)]
-    assert due == [300, 400, 500]
+    assert [step for step in range(0, 800) if schedule.due(step)] == [300, 400, 500]
     assert not any(AdaptSchedule().due(step) for step in range(1000))
-    assert math.isclose(len([s for s in range(1, 1001) if AdaptSchedule(50).due(s)]), 20)
+    assert len([step for step in range(1, 1001) if AdaptSchedule(50).due(step)]) == 20
