@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import yaml
 from PIL import Image
+from pytorch_lightning.callbacks import Callback
 
 import nuir
 from models.data import DEFAULT_IMAGE
@@ -31,6 +32,17 @@ def tiny_photo(path: Path, size: int = SIZE) -> Path:
             (size, size), Image.Resampling.LANCZOS
         ).save(path)
     return path
+
+
+class StopAfter(Callback):
+    """Stops training after ``step`` steps, as an interruption would (the run keeps its length)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
 
 
 def fit(tmp: Path, *overrides: str, run_dir: str = "run", steps: int = 4, size: int = SIZE):
@@ -127,3 +139,28 @@ def gradcheck_interpolate(points, values, kwargs: dict, size, cutoff: float, dev
     inputs = [points, values, *(kwargs[k] for k in names)]
     inputs = [t.to(device).clone().requires_grad_() for t in inputs]
     return torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+class RecordSteps(Callback):
+    """Writes, per process, each step's training window and, at the end, the parameters to
+    ``folder`` (rank<r>.jsonl and rank<r>.pt): what distributed tests compare across ranks."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_end(self, trainer, system, *args) -> None:
+        import json
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        record = {"step": trainer.global_step, "window": system.last_window}
+        with open(self.folder / f"rank{trainer.global_rank}.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def on_train_end(self, trainer, system) -> None:
+        import json
+
+        state = {name: value.detach().cpu() for name, value in system.state_dict().items()}
+        torch.save(state, self.folder / f"rank{trainer.global_rank}.pt")
+        if trainer.global_rank == 0:
+            metrics = system.image_metrics(system.target)
+            (self.folder / "metrics.json").write_text(json.dumps(metrics))
