@@ -245,29 +245,36 @@ CASES = {c.name: c for c in all_cases()}
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
-    """Every case through one run of the harness; fails on any emulator or sanitizer report."""
+    """Every case through the harness, in two processes at once (one per core); fails on any
+    emulator or sanitizer report."""
     program = build_harness()
     folder = tmp_path_factory.mktemp("simt")
-    torch.save([c.payload() for c in CASES.values()], folder / "cases.pt")
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="print_stacktrace=1")
-    run = subprocess.run(
-        [program, str(folder / "cases.pt"), str(folder / "results.pt")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    lines = run.stderr.splitlines()
+    shares = [list(CASES.values())[k::2] for k in range(2)]
+    runs = []
+    for k, share in enumerate(shares):
+        torch.save([c.payload() for c in share], folder / f"cases{k}.pt")
+        command = [program, str(folder / f"cases{k}.pt"), str(folder / f"results{k}.pt")]
+        runs.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True))
+    out = {}
+    for k, (share, run) in enumerate(zip(shares, runs)):
+        _, stderr = run.communicate(timeout=600)
+        check_clean(run.returncode, stderr)
+        results = torch.load(folder / f"results{k}.pt", weights_only=False)
+        out.update({case.name: result for case, result in zip(share, results)})
+    return out
+
+
+def check_clean(returncode: int, stderr: str) -> None:
+    """Fails with the case and the head of the first report if the harness reported anything."""
+    lines = stderr.splitlines()
     markers = ("simt error", "Sanitizer", "runtime error")
     first = next((i for i, line in enumerate(lines) if any(m in line for m in markers)), None)
-    if run.returncode != 0 or first is not None:
+    if returncode != 0 or first is not None:
         start = first if first is not None else max(0, len(lines) - 40)
         case = next((line for line in reversed(lines[:start]) if line.startswith("case ")), "")
-        raise AssertionError(
-            f"harness exit {run.returncode} in {case}:\n" + "\n".join(lines[start : start + 40])
-        )
-    out = torch.load(folder / "results.pt", weights_only=False)
-    return dict(zip(CASES, out))
+        report = "\n".join(lines[start : start + 40])
+        raise AssertionError(f"harness exit {returncode} in {case}:\n{report}")
 
 
 def reference_outputs(case: Case, keep: torch.Tensor | None = None) -> list[torch.Tensor]:
