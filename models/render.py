@@ -5,12 +5,12 @@
 
 Methods (``--method``):
 
-- ``adaptive`` (default): the network evaluated on a grid of one sample per training pixel, and
-  on a grid twice as fine over the 8 x 8 blocks where training split its points (where the
-  network's error was high: the image's detail), values prefiltered so the mixture passes
-  through every sample
+- ``adaptive`` (default): the network evaluated on a grid of one sample per 2 x 2 training
+  pixels, and on a grid of one per pixel over the 8 x 8 blocks where training split its points'
+  strata to 4 square pixels or less (where the network's error was large: the image's detail),
+  values prefiltered so that the mixture passes through every sample
   (``nuir.renderers.GridRenderer``). The cost hardly grows with the output size.
-- ``grid``: the same without the finer grid.
+- ``grid``: one sample per training pixel everywhere.
 - ``points``: the point set's own reconstruction (trained positions and sigma, rescaled), the
   model of the ``reconstruction`` objective; at large scales it shows each Gaussian.
 - ``dense``: the network at every output pixel (the reference).
@@ -41,10 +41,17 @@ from nuir.renderers import DenseRenderer, GridRenderer, PointRenderer, evaluate_
 METHODS = ("adaptive", "grid", "points", "dense")
 
 
-def detail_levels(system: ImplicitImageSystem, block: int = 8, max_level: int = 1) -> torch.Tensor:
-    """Per block of ``block`` x ``block`` training pixels, the finest grid level it needs: one
-    level finer for every two times training split a point's stratum there, starting at the
-    first split. Blocks where no point split keep the base grid.
+def detail_levels(
+    system: ImplicitImageSystem,
+    spacing: float = 2.0,
+    block: int = 8,
+    max_level: int = 1,
+    ratio: float = 4.0,
+) -> torch.Tensor:
+    """Per block of ``block`` x ``block`` training pixels, the finest grid level it needs:
+    level l (grid spacing ``spacing / 2**l``) where training split a point's stratum in the
+    block down to at most ``ratio`` times that grid's cell area (training splits where the
+    network's error is large: the image's detail).
 
     Returns:
         [ceil(H / block), ceil(W / block)] int64 (all 0 without a point set).
@@ -55,12 +62,12 @@ def detail_levels(system: ImplicitImageSystem, block: int = 8, max_level: int = 
         return torch.zeros(shape, dtype=torch.int64)
     count = system.point_set.count
     strata = system.point_set.strata[:count].detach().cpu().double()
-    points = strata[:, :2]
-    # Each split halves a stratum's area.
-    splits = torch.log2(float(system.point_set.initial_area) / strata[:, 2:].prod(1))
-    level = torch.floor((splits + 1) / 2 + 1e-6).clamp(0, max_level).long()
-    column = ((points[:, 0] + 0.5).clamp(0, width - 1) / block).long()  # block of its pixel
-    row = ((points[:, 1] + 0.5).clamp(0, height - 1) / block).long()
+    area = strata[:, 2:].prod(1)
+    level = torch.zeros(count, dtype=torch.int64)
+    for finer in range(1, max_level + 1):
+        level[area <= ratio * (spacing / 2**finer) ** 2 + 1e-9] = finer
+    column = ((strata[:, 0] + 0.5).clamp(0, width - 1) / block).long()  # block of its pixel
+    row = ((strata[:, 1] + 0.5).clamp(0, height - 1) / block).long()
     levels = torch.zeros(shape[0] * shape[1], dtype=torch.int64)
     levels.scatter_reduce_(0, row * shape[1] + column, level, reduce="amax")
     return levels.reshape(shape)
@@ -71,7 +78,7 @@ def renderer_for(
     size: tuple[int, int],
     method: str = "adaptive",
     *,
-    spacing: float = 1.0,
+    spacing: float | None = None,
     max_level: int = 1,
     block: int = 8,
     sigma: float = 0.5,
@@ -101,7 +108,10 @@ def renderer_for(
         )
         renderer.evaluations = positions.shape[0]
         return renderer
-    levels = detail_levels(system, block, max_level if method == "adaptive" else 0)
+    adaptive = method == "adaptive" and system.point_set is not None
+    if spacing is None:  # adaptive: coarse where training left its points coarse
+        spacing = 2.0 if adaptive else 1.0
+    levels = detail_levels(system, spacing, block, max_level if adaptive else 0)
     return GridRenderer(
         system.network,
         system.size,
@@ -208,7 +218,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None)
     parser.add_argument("--method", choices=METHODS, default="adaptive")
     parser.add_argument(
-        "--spacing", type=float, default=1.0, help="grid spacing in training pixels (grid methods)"
+        "--spacing",
+        type=float,
+        default=None,
+        help="base grid spacing in training pixels (default: 2 adaptive, 1 grid)",
     )
     parser.add_argument(
         "--max-level", type=int, default=1, help="adaptive: finest grid is spacing / 2**max_level"

@@ -73,6 +73,8 @@ class ImplicitImageSystem(pl.LightningModule):
             step; 0 samples at the strata's centres.
         reconstruction_weight: implicit objective: weight of the reconstruction loss, which
             trains the positions and sigma (0: no reconstruction during training).
+        reconstruction_every: implicit objective: take the reconstruction loss every this many
+            steps only (it costs about a third of a step; the network does not learn from it).
         value_gradient: implicit objective: scale of the reconstruction loss's gradient into the
             network (0: the network learns from its samples only; see the README).
         adapt_interval, adapt_start, adapt_end: densify / prune every ``adapt_interval`` steps
@@ -107,6 +109,7 @@ class ImplicitImageSystem(pl.LightningModule):
         learn_sigma: bool = True,
         jitter: float = 1.0,
         reconstruction_weight: float = 1.0,
+        reconstruction_every: int = 1,
         value_gradient: float = 0.0,
         adapt_interval: int = 0,
         adapt_start: int = 0,
@@ -141,6 +144,7 @@ class ImplicitImageSystem(pl.LightningModule):
             initial_sigma=initial_sigma,
             jitter=jitter,
             reconstruction_weight=reconstruction_weight,
+            reconstruction_every=reconstruction_every,
             value_gradient=value_gradient,
             cutoff=cutoff,
             lr_network=lr_network,
@@ -167,6 +171,7 @@ class ImplicitImageSystem(pl.LightningModule):
         self.initial_sigma = initial_sigma
         self.jitter = float(jitter)
         self.reconstruction_weight = float(reconstruction_weight)
+        self.reconstruction_every = reconstruction_every
         self.value_gradient = float(value_gradient)
         self.cutoff = float(cutoff)
         self.loss_name = loss
@@ -473,9 +478,11 @@ class ImplicitImageSystem(pl.LightningModule):
         self.point_set.record_error(index[inside], squared_error)
         self.log("train/psnr_samples", _psnr(values[inside], pixels), prog_bar=True)
 
-        if self.reconstruction_weight > 0:
-            scale = self.value_gradient
-            carried = values if scale == 1 else values.detach() + scale * (values - values.detach())
+        if self.reconstruction_weight > 0 and self.global_step % self.reconstruction_every == 0:
+            scale = self.value_gradient  # of the gradient into the network through the values
+            carried = values.detach()
+            if scale != 0:
+                carried = carried + scale * (values - values.detach())
             offset = samples.new_tensor([col0, row0])
             sigma = self.point_set.log_sigma[index].exp()
             reconstruction = nuir.interpolate(
@@ -630,7 +637,7 @@ def _check_options(**options) -> None:
     for name, allowed in choices.items():
         if options[name] not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {options[name]!r}")
-    for name in ("n_points", "chunk_size"):
+    for name in ("n_points", "chunk_size", "reconstruction_every"):
         value = options[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -30,7 +30,7 @@ PIL_FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
 MODES = ("plain", "consistent")
 
 # sigma = a * scale: the best `a` of the sweeps over factors 2-16 on held-out photos with PIL's
-# box (area-average) downsampling; see docs/readme/quality.md.
+# box (area-average) downsampling; see docs/quality.md.
 DEFAULT_SIGMA_SCALE = {"plain": 0.325, "consistent": 0.475}
 
 

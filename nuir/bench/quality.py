@@ -49,7 +49,7 @@ DOWNSAMPLING = ("box", "nearest", "bilinear")
 PIL_METHODS = tuple(PIL_RESAMPLING)
 NUIR_METHODS = ("nuir-plain", "nuir-consistent")
 # sigma = a * factor. Picked from `--sweep` on the held-out photos (--photos tuning), per
-# downsampling protocol; see docs/readme/quality.md for the sweep tables.
+# downsampling protocol; see docs/quality.md for the sweep tables.
 # (The bilinear protocol was not swept; it uses the values of the box protocol.)
 PLAIN_SIGMA_SCALE = {"box": 0.325, "nearest": 0.375, "bilinear": 0.325}
 CONSISTENT_SIGMA_SCALE = {"box": 0.475, "nearest": 0.425, "bilinear": 0.475}

@@ -57,7 +57,7 @@ PATTERNS = ("random-4", "random-16", "random-64", "blue-noise-16", "blocks")
 GRIDDATA_METHODS = ("griddata-nearest", "griddata-linear", "griddata-cubic")
 NUIR_METHODS = ("nuir-global", "nuir-knn", "nuir-knn-consistent")
 # sigma scales a, picked by `--sweep` on the held-out photos (--photos tuning) with the random-16
-# pattern; see docs/readme/quality.md.
+# pattern; see docs/quality.md.
 SIGMA_SCALE = {"nuir-global": 0.4, "nuir-knn": 0.5, "nuir-knn-consistent": 0.3}
 CUTOFF = 5.0  # wider than nuir's default 3: fewer unreached pixels, picked on the tuning photos
 
