@@ -61,45 +61,58 @@ class Recorder(Callback):
         self._write("memory.jsonl", {"rank": trainer.global_rank, "peak_mb": peak})
 
 
-def run(args: argparse.Namespace, processes: int) -> dict:
-    """One training run with ``processes`` processes; its records."""
-    folder = args.out / f"{processes}proc"
-    steps = args.steps * max(args.processes) // processes
+def train_in_processes(
+    config: Path, processes: int, options: list[str], *, callback: dict, threads: int = 0
+) -> None:
+    """``train.py fit --config CONFIG OPTIONS`` with ``processes`` DDP processes (one plain
+    process for 1) and a recording ``callback`` ({class_path, init_args}), in a subprocess
+    (Lightning's launcher starts the other processes by running the same command again)."""
     command = [
         sys.executable,
         str(ROOT / "train.py"),
         "fit",
         "--config",
-        str(ROOT / "configs" / "large.yaml"),
+        str(config),
+        f"--trainer.devices={processes}",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=" + json.dumps(callback),
+        *options,
+    ]
+    if processes > 1:
+        command.append("--trainer.strategy=ddp")
+    paths = [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
+    if threads:
+        environment["OMP_NUM_THREADS"] = str(threads)
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=7200)
+    if done.returncode != 0:
+        raise RuntimeError(f"{processes} process(es) failed:\n{done.stderr[-4000:]}")
+
+
+def run(args: argparse.Namespace, processes: int) -> dict:
+    """One training run with ``processes`` processes; its records."""
+    folder = args.out / f"{processes}proc"
+    steps = args.steps * max(args.processes) // processes
+    options = [
         f"--data.path=skimage-mosaic:{args.side}",
         f"--model.n_points={args.side * args.side // 4}",
         f"--model.crop_size={args.crop}",
         f"--model.network.init_args.hidden_features={args.width}",
         f"--trainer.max_steps={steps}",
-        f"--trainer.devices={processes}",
         f"--trainer.accelerator={args.accelerator}",
         f"--data.steps_per_epoch={steps // args.validations}",
-        "--trainer.num_sanity_val_steps=0",
-        "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={folder / 'runs'}",
-        "--trainer.callbacks+="
-        + json.dumps(
-            {
-                "class_path": "models.bench_distributed.Recorder",
-                "init_args": {"folder": str(folder)},
-            }
-        ),
         *args.override,
     ]
-    if processes > 1:
-        command.append("--trainer.strategy=ddp")
-    environment = dict(os.environ, PYTHONPATH=str(ROOT))
-    if args.threads:
-        environment["OMP_NUM_THREADS"] = str(args.threads)
+    recorder = {
+        "class_path": "models.bench_distributed.Recorder",
+        "init_args": {"folder": str(folder)},
+    }
     started = time.perf_counter()
-    done = subprocess.run(command, env=environment, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{processes} processes failed:\n{done.stderr[-4000:]}")
+    train_in_processes(
+        ROOT / "configs" / "large.yaml", processes, options, callback=recorder, threads=args.threads
+    )
     validations = [
         json.loads(line) for line in (folder / "validation.jsonl").read_text().splitlines()
     ]

@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import pytorch_lightning as pl
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from models.bench_train import DENSE, SPARSE, STATIC
-from models.cli import build
+from models.bench_train import DENSE, SPARSE, STATIC, fit_steps
 from models.data import DEFAULT_IMAGE
 from models.render import renderer_for
 from nuir.image_files import load_image, skimage_photo_path
@@ -41,22 +39,6 @@ VARIANTS = {
 }
 
 
-def train(config, overrides: list[str], steps: int):
-    system, data = build(config, overrides)
-    system.show_summary = False
-    pl.Trainer(
-        accelerator="auto",
-        devices=1,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    ).fit(system, datamodule=data)
-    return system.eval(), data
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.bench_objectives", description=__doc__)
     parser.add_argument("--steps", type=int, default=2000)
@@ -70,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variants:
         config, overrides = VARIANTS[name]
         started = time.perf_counter()
-        system, data = train(config, [*overrides, *args.override], args.steps)
+        system, data = fit_steps(config, [*overrides, *args.override], args.steps)
         metrics = system.image_metrics(system.target)
         superres = "-"
         if data.path == DEFAULT_IMAGE:

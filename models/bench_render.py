@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -108,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile", type=int, default=1024)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    system = load_system(args.checkpoint, args.device)
+    try:
+        system = load_system(args.checkpoint, args.device)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rows = benchmark_render(system, args.scales, args.methods, tile_size=args.tile)
     print(
         f"# render benchmark: {args.checkpoint} (trained {system.mode}, "

@@ -4,7 +4,8 @@
 
 Each photo (shipped with scikit-image, centre-cropped to ``--crop``) is box-downsampled by each
 factor (the area average a camera sensor takes); the main job's config trains the network on the
-small image (N scaled to a quarter of its pixels, ``--steps`` steps), which is then rendered back
+small image (the points grow from a sixteenth to a quarter of its pixels, as in the main job;
+``--steps`` steps), which is then rendered back
 at the photo's size, adaptively (``models.render``'s default) and densely, and compared with the
 original, beside PIL's bicubic and Lanczos resizes of the same small image. Optionally
 (``--bundled CKPT``) a checkpoint of the main job, trained on the bundled 256 x 256 astronaut,
@@ -15,11 +16,11 @@ the largest factor (photo, adaptive render, dense render, bicubic) goes to ``--o
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torchmetrics.functional.image import (
@@ -27,15 +28,15 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
+from models.bench_train import SPARSE as CONFIG
+from models.bench_train import fit_steps
 from models.checkpoint import load_system
-from models.cli import build
 from models.render import renderer_for
 from models.system import ImplicitImageSystem
 from nuir.image_files import load_image, skimage_photo_path, to_integers
 from nuir.renderers import render
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs" / "default.yaml"
 
 
 def centre_crop(image: torch.Tensor, crop: int) -> torch.Tensor:
@@ -68,32 +69,13 @@ def scores(image: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
 
 
 def train_on(image: torch.Tensor, steps: int, folder: Path, overrides: list[str]):
-    """The main job's system trained on ``image`` [C, h, w] for ``steps`` steps."""
+    """The main job's system trained on ``image`` [C, h, w] for ``steps`` steps, with the point
+    counts scaled to the image (a quarter of its pixels in the end, a sixteenth at the start)."""
     path = folder / "train.png"
     Image.fromarray(to_integers(image, 8)).save(path)
     pixels = image.shape[1] * image.shape[2]
-    system, data = build(
-        CONFIG,
-        [
-            f"--data.path={path}",
-            f"--model.n_points={pixels // 4}",
-            f"--model.max_points={pixels // 4}",
-            *overrides,
-        ],
-    )
-    system.show_summary = False
-    trainer = pl.Trainer(
-        accelerator="auto",
-        devices=1,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(system, datamodule=data)
-    return system.eval()
+    counts = [f"--model.n_points={pixels // 16}", f"--model.max_points={pixels // 4}"]
+    return fit_steps(CONFIG, [f"--data.path={path}", *counts, *overrides], steps)[0]
 
 
 def renders(system: ImplicitImageSystem, size: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -183,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         if factor < 2 or args.crop % factor:
             parser.error(f"--factors must be >= 2 and divide --crop {args.crop}, got {factor}")
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = bundled_rows(args.bundled) if args.bundled else []
+    try:
+        rows = bundled_rows(args.bundled) if args.bundled else []
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     panel = None
     with tempfile.TemporaryDirectory() as folder:
         for photo in args.photos:

@@ -167,6 +167,24 @@ class TrainingClock(Callback):
         self.curve.psnr_reconstruction.append(metrics.get("psnr_reconstruction", math.nan))
 
 
+def fit_steps(config: Path, overrides: list[str], steps: int):
+    """The system and data of a config, trained for ``steps`` steps without logging,
+    checkpoints or validation: (system in eval mode, data)."""
+    system, data = build(config, overrides)
+    system.show_summary = False
+    pl.Trainer(
+        accelerator="auto",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    ).fit(system, datamodule=data)
+    return system.eval(), data
+
+
 def make_trainer(clock: TrainingClock, accelerator: str) -> pl.Trainer:
     return pl.Trainer(
         accelerator=accelerator,

@@ -53,31 +53,6 @@ def network_device_dtype(network: nn.Module) -> tuple[torch.device, torch.dtype]
     return torch.device("cpu"), torch.float32
 
 
-@torch.no_grad()
-def interpolating_values(
-    samples: torch.Tensor, sigma: float, *, iterations: int = 8, cutoff: float = 3.0
-) -> torch.Tensor:
-    """Point values on a regular grid whose Gaussian interpolation passes through the samples.
-
-    Plain interpolation from values = samples blurs: at a grid point the result is a weighted
-    average with the neighbours. This solves G c = samples, where G is the interpolation from the
-    pixel centres of an (h, w) grid evaluated at those same centres, by Richardson iteration
-    ``c <- c + (samples - G c)``, which converges for sigma up to about 0.6 grid spacings
-    (G's eigenvalues lie in (0, 1]).
-
-    Args:
-        samples: [C, h, w] values at the grid's pixel centres.
-        sigma: Gaussian standard deviation in grid pixels.
-        iterations: number of corrections (0 returns the samples).
-    Returns:
-        [C, h, w] values c.
-    """
-    if not isinstance(samples, torch.Tensor) or samples.dim() != 3:
-        raise ValueError("samples must be a tensor of shape [C, h, w]")
-    mask = torch.ones(samples.shape[1:], dtype=torch.bool, device=samples.device)
-    return _prefilter(samples, mask, sigma, iterations, cutoff, normalised=True)
-
-
 def _check_iterations(iterations: object) -> int:
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")

@@ -8,14 +8,13 @@ training windows and final parameters, so the test compares the ranks.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from _helpers import ROOT, tiny_photo
+
+from models.bench_distributed import train_in_processes
 
 SIZE, CROP, STEPS = 48, 16, 40
 # Measured on this test's setting (torch 2.13 CPU): two processes of STEPS steps ended at 11.64 dB,
@@ -27,48 +26,21 @@ ABOVE_ONE, BELOW_TWICE = 0.4, 3.6
 
 def train(folder: Path, photo: Path, devices: int, steps: int) -> dict:
     record = folder / f"{devices}x{steps}"
-    command = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "fit",
-        "--config",
-        str(ROOT / "configs" / "debug.yaml"),
-        "--data.path",
-        str(photo),
-        "--model.n_points",
-        str(SIZE * SIZE // 4),
-        "--model.max_points",
-        str(SIZE * SIZE // 3),
-        "--model.adapt_interval",
-        "10",
-        "--model.crop_size",
-        str(CROP),
-        "--trainer.max_steps",
-        str(steps),
-        "--trainer.devices",
-        str(devices),
-        "--trainer.logger",
-        "false",
-        "--trainer.num_sanity_val_steps",
-        "0",
-        "--trainer.limit_val_batches",
-        "0",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.default_root_dir",
-        str(record),
-        "--trainer.callbacks+",
-        json.dumps({"class_path": "_helpers.RecordSteps", "init_args": {"folder": str(record)}}),
+    options = [
+        f"--data.path={photo}",
+        f"--model.n_points={SIZE * SIZE // 4}",
+        f"--model.max_points={SIZE * SIZE // 3}",
+        "--model.adapt_interval=10",
+        f"--model.crop_size={CROP}",
+        f"--trainer.max_steps={steps}",
+        "--trainer.logger=false",
+        "--trainer.limit_val_batches=0",
+        f"--trainer.default_root_dir={record}",
     ]
-    if devices > 1:
-        command += ["--trainer.strategy", "ddp"]
-    environment = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
-        OMP_NUM_THREADS="1",
+    recorder = {"class_path": "_helpers.RecordSteps", "init_args": {"folder": str(record)}}
+    train_in_processes(
+        ROOT / "configs" / "debug.yaml", devices, options, callback=recorder, threads=1
     )
-    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
     windows = [
         [json.loads(line) for line in (record / f"rank{rank}.jsonl").read_text().splitlines()]
         for rank in range(devices)

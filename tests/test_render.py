@@ -27,7 +27,6 @@ from nuir.renderers import (
     DenseRenderer,
     GridRenderer,
     PointRenderer,
-    interpolating_values,
     render,
 )
 
@@ -83,20 +82,6 @@ def test_point_render_is_tiling_independent_and_matches_upsample() -> None:
     whole = render(renderer, size, tile_size=1000)
     torch.testing.assert_close(render(renderer, size, tile_size=7), whole, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(whole, nuir.upsample(low, 4, sigma=2.0), atol=1e-6, rtol=1e-5)
-
-
-def test_interpolating_values_pass_through_the_samples() -> None:
-    torch.manual_seed(0)
-    samples = torch.rand(2, 12, 10)  # [C, h, w]
-    grid = pixel_centres((0, 0, 12, 10))  # [120, 2]
-
-    def through(values: torch.Tensor) -> torch.Tensor:
-        return nuir.interpolate(grid, values.reshape(2, -1).T, (12, 10), 0.5)
-
-    plain_error = (through(samples) - samples).abs().max()
-    fitted = interpolating_values(samples, 0.5, iterations=40)
-    assert (through(fitted) - samples).abs().max() < 1e-4 < 0.1 < plain_error
-    assert torch.equal(interpolating_values(samples, 0.5, iterations=0), samples)
 
 
 def test_point_renderer_checks_its_arguments() -> None:

@@ -23,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
         print("       python -m nuir.bench <name> --help")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     module = importlib.import_module(f"nuir.bench.{argv[0]}")
-    return module.main(argv[1:]) or 0
+    try:
+        return module.main(argv[1:]) or 0
+    except (FileNotFoundError, ValueError) as exc:  # a missing or unreadable input file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -32,6 +32,30 @@ PIL_RESAMPLING = {
 L1_SCALE = 255.0  # L1 is reported on the 0-255 intensity scale
 
 
+def add_sweep_argument(parser, what: str) -> None:
+    """--sweep A [A ...]: sweep the sigma scale of ``what`` instead of running the benchmark."""
+    parser.add_argument(
+        "--sweep",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="A",
+        help=f"instead of the benchmark, sweep the sigma scale a of {what}",
+    )
+
+
+def check_ranges(parser, args, *, above: Sequence[str] = (), at_least: dict | None = None):
+    """parser.error naming the first option out of range: each name in ``above`` must be > 0,
+    each ``name: minimum`` in ``at_least`` >= minimum."""
+    for name in above:
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    for name, minimum in (at_least or {}).items():
+        if getattr(args, name) < minimum:
+            option = name.replace("_", "-")
+            parser.error(f"--{option} must be >= {minimum}, got {getattr(args, name)}")
+
+
 def pil_resize(pixels: np.ndarray, size: tuple[int, int], filter: str) -> np.ndarray:
     """``PIL.Image.resize`` of a float image [H, W, C] to size (h, w), channel by channel.
 

@@ -35,6 +35,7 @@ from tqdm import tqdm
 import nuir
 from nuir.bench._common import (
     L1_SCALE,
+    check_ranges,
     covering_sigma,
     image_metrics,
     markdown_table,
@@ -115,15 +116,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="only these runs (by name, e.g. 'random: all'); default: all",
     )
     args = parser.parse_args(argv)
-    if not args.cutoff > 0:
-        parser.error(f"--cutoff must be > 0, got {args.cutoff}")
-    if args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
-    if args.points < 0:
-        parser.error(f"--points must be >= 0, got {args.points}")
-    for name in ("lr_positions", "lr_sigma", "lr_values"):
-        if not getattr(args, name) > 0:
-            parser.error(f"--{name.replace('_', '-')} must be > 0")
+    check_ranges(
+        parser,
+        args,
+        above=("cutoff", "lr_positions", "lr_sigma", "lr_values"),
+        at_least={"steps": 1, "points": 0},
+    )
     names = [r.name for r in RUNS]
     if args.runs is not None and not set(args.runs) <= set(names):
         parser.error(f"--runs must be among {names}, got {args.runs}")

@@ -30,6 +30,7 @@ from tqdm import tqdm
 import nuir
 from nuir.bench._common import (
     PIL_RESAMPLING,
+    add_sweep_argument,
     image_metrics,
     markdown_table,
     mean_by,
@@ -80,14 +81,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--iterations", type=int, default=10, help="consistent mode: solver iterations"
     )
-    parser.add_argument(
-        "--sweep",
-        type=float,
-        nargs="+",
-        default=None,
-        metavar="A",
-        help="instead of the benchmark, sweep the sigma scale a of both nuir modes",
-    )
+    add_sweep_argument(parser, "both nuir modes")
     args = parser.parse_args(argv)
     if any(f < 1 for f in args.factors):
         parser.error(f"--factors must be integers >= 1, got {args.factors}")

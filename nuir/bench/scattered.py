@@ -38,6 +38,8 @@ from tqdm import tqdm
 
 import nuir
 from nuir.bench._common import (
+    add_sweep_argument,
+    check_ranges,
     covering_sigma,
     image_metrics,
     limit_scipy_blas_threads,
@@ -94,25 +96,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             default=SIGMA_SCALE[method],
             help=f"{method}: sigma scale a (default {SIGMA_SCALE[method]})",
         )
-    parser.add_argument(
-        "--sweep",
-        type=float,
-        nargs="+",
-        default=None,
-        metavar="A",
-        help="instead of the benchmark, sweep the sigma scale of the nuir methods",
-    )
+    add_sweep_argument(parser, "the nuir methods")
     args = parser.parse_args(argv)
-    if not args.cutoff > 0:
-        parser.error(f"--cutoff must be > 0, got {args.cutoff}")
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
-    if args.knn < 1:
-        parser.error(f"--knn must be >= 1, got {args.knn}")
-    if args.iterations < 0:
-        parser.error(f"--iterations must be >= 0, got {args.iterations}")
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    check_ranges(
+        parser,
+        args,
+        above=("cutoff",),
+        at_least={"threads": 1, "knn": 1, "iterations": 0, "repeats": 1},
+    )
     scales = [sigma_scale_of(args, m) for m in NUIR_METHODS]
     if not all(a > 0 for a in scales + (args.sweep or [])):
         parser.error("sigma scales must be > 0")
