@@ -17,6 +17,8 @@ Variants (same network unless said, same photo):
 - ``dense_random``:       the network at N random pixels per step
 - ``dense_random_wide``:  the same with the network widened to the sparse model's parameter count
                           (network + 3 per point: x, y, sigma)
+- ``implicit_wide``:      the main job with that widened network (like with like: the same
+                          network as ``dense_random_wide``)
 
 Scores: the network's dense PSNR against the photo (the implicit image: what training leaves
 behind) and, for the sparse variants, the PSNR of the reconstruction from the points. Prints a
@@ -59,8 +61,10 @@ VARIANTS: dict[str, tuple[Path, list[str]]] = {
     ),
     "dense": (DENSE, []),
     "dense_random": (DENSE, ["--model.mode=dense_random"]),
-    "dense_random_wide": (DENSE, ["--model.mode=dense_random"]),  # width set in main()
+    "dense_random_wide": (DENSE, ["--model.mode=dense_random"]),  # width set in variant_list
+    "implicit_wide": (SPARSE, []),  # width set in variant_list
 }
+WIDE = ("dense_random_wide", "implicit_wide")
 
 
 @dataclass
@@ -301,12 +305,9 @@ def plot(curves: list[Curve], path: Path, title: str) -> None:
 
 
 def value_at(curve: Curve, values: list[float], seconds: float) -> float:
-    """The value at the last evaluation not later than ``seconds``."""
-    best = math.nan
-    for t, value in zip(curve.seconds, values):
-        if t <= seconds + 1e-9:
-            best = value
-    return best
+    """The value at the evaluation nearest to ``seconds`` (evaluations land a little late)."""
+    nearest = min(range(len(curve.seconds)), key=lambda i: abs(curve.seconds[i] - seconds))
+    return values[nearest]
 
 
 def results_table(curves: list[Curve], systems: dict, budget: float) -> str:
@@ -334,12 +335,12 @@ def results_table(curves: list[Curve], systems: dict, budget: float) -> str:
 
 
 def variant_list(names: list[str], overrides: list[str]) -> list[tuple[str, Path, list[str]]]:
-    """(name, config, overrides) per variant; the wide one sized after the implicit model."""
+    """(name, config, overrides) per variant; the wide ones sized after the implicit model."""
     variants = []
     for name in names:
         config, own = VARIANTS[name]
         extra = list(own) + list(overrides)
-        if name == "dense_random_wide":
+        if name in WIDE:
             reference, _ = build(SPARSE, list(overrides))
             network, points = parameter_counts(reference)
             siren = reference.network

@@ -254,6 +254,28 @@ def test_runs_with_different_names_keep_separate_checkpoints(tmp_path: Path) -> 
         assert (tmp_path / "runs" / name / "version_0" / "config.yaml").is_file()
 
 
+def test_implicit_objective_trains_a_network_that_is_the_image(tmp_path: Path) -> None:
+    """The network at every pixel after 60 steps, same seed: the implicit objective
+    (stratified samples supervise the network) against the reconstruction objective (the loss
+    only on the raster interpolated from the network's values at the points)."""
+    psnr = {}
+    for objective in ("implicit", "reconstruction"):
+        cli = fit(
+            tmp_path,
+            "--model.objective",
+            objective,
+            "--model.network.init_args.hidden_features",
+            "64",
+            "--trainer.logger",
+            "false",
+            run_dir=objective,
+            steps=60,
+        )
+        psnr[objective] = cli.model.image_metrics(cli.model.target)["psnr_network"]
+    # Measured (seed 0, deterministic): implicit 25.63 dB, reconstruction 20.74 dB.
+    assert psnr["implicit"] > psnr["reconstruction"] + 3.0
+
+
 @pytest.mark.parametrize("mode", ["dense", "dense_random"])
 def test_dense_baselines_train(tmp_path: Path, mode: str) -> None:
     cli = fit(tmp_path, "--model.mode", mode, "--trainer.logger", "false", steps=3)
