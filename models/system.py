@@ -42,9 +42,10 @@ from torchmetrics.functional.image import (
 
 import nuir
 from models.point_set import AdaptSchedule, PointSet
+from nuir._validate import mean_spacing
 from nuir.geometry import pixel_centres, pixel_to_unit, points_reaching, tile_windows
 from nuir.renderers import evaluate_network
-from nuir.samplers import PLACEMENTS, grid_strata, local_spacing, mean_spacing, sample_points
+from nuir.samplers import PLACEMENTS, grid_strata, local_spacing, sample_points
 
 Mode = Literal["sparse", "dense", "dense_random"]
 Objective = Literal["implicit", "reconstruction"]

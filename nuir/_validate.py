@@ -1,4 +1,5 @@
-"""Argument checking and normalisation shared by the compiled op and the reference.
+"""Argument checking and normalisation shared by the compiled op and the reference, and the
+spacing rule behind the default sigma.
 
 Everything the kernels see has been brought to one form here:
 
@@ -70,6 +71,19 @@ def check_size(size: object) -> tuple[int, int]:
             raise ValueError(f"size must be positive, got {axis}={int(s)} in size={tuple(size)}")
         out.append(int(s))
     return out[0], out[1]
+
+
+def mean_spacing(size: tuple[int, int], n: int) -> float:
+    """Mean distance between n points spread evenly over an (H, W) raster: sqrt(H W / n)."""
+    height, width = check_size(size)
+    return math.sqrt(height * width / max(int(n), 1))
+
+
+def sigma_from_spacing(size: tuple[int, int], n: int, fraction: float = 0.5) -> float:
+    """The usual shared sigma of n points on an (H, W) raster: ``fraction`` of their mean spacing
+    (half by default: neighbouring Gaussians overlap without blurring much). nuir.interpolate's
+    default sigma."""
+    return fraction * mean_spacing(size, n)
 
 
 def check_scalar(name: str, x: object, *, positive: bool, allow_inf: bool) -> float:
@@ -202,8 +216,6 @@ def _cov3_from_sigma(
     """sigma (None, a float, [B, N] or [B, N, 2]) -> (sxx, 0, syy) [B, N, 3]; adds its check."""
     points, lead = batched.points, batched.lead
     if sigma is None:
-        from nuir.samplers import sigma_from_spacing  # (nuir.samplers imports this module)
-
         sigma = sigma_from_spacing((height, width), lead[1])
     if not isinstance(sigma, torch.Tensor):
         s = check_scalar("sigma", sigma, positive=True, allow_inf=False)

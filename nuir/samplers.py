@@ -270,18 +270,6 @@ def gradient_importance(
     return torch.stack([x, y], dim=-1).to(dtype=dtype, device=image.device)
 
 
-def mean_spacing(size: tuple[int, int], n: int) -> float:
-    """Mean distance between n points spread evenly over an (H, W) raster: sqrt(H W / n)."""
-    height, width = check_size(size)
-    return math.sqrt(height * width / max(int(n), 1))
-
-
-def sigma_from_spacing(size: tuple[int, int], n: int, fraction: float = 0.5) -> float:
-    """The usual shared sigma of n points on an (H, W) raster: ``fraction`` of their mean spacing
-    (half by default: neighbouring Gaussians overlap without blurring much)."""
-    return fraction * mean_spacing(size, n)
-
-
 def local_spacing(
     points: torch.Tensor, k: int = 4, *, fallback: float | None = None
 ) -> torch.Tensor:
@@ -289,8 +277,8 @@ def local_spacing(
 
     On a regular grid of spacing s this is s for the interior points (wider along the border,
     where the 4 nearest neighbours include diagonal ones), so ``0.5 * local_spacing(points)`` is
-    the per-point version of :func:`sigma_from_spacing`; it widens the Gaussians where points are
-    sparse (as after importance sampling) so no pixel is left uncovered.
+    the per-point version of ``sigma_from_spacing`` (nuir/_validate.py); it widens the Gaussians
+    where points are sparse (as after importance sampling) so no pixel is left uncovered.
 
     Args:
         points: [N, 2] positions.

@@ -1,4 +1,4 @@
-"""Helpers shared by the quality benchmarks: PIL resizing, metrics, tables, CSV and plots."""
+"""Helpers shared by the benchmarks: PIL resizing, metrics, tables, CSV and plots."""
 
 from __future__ import annotations
 
@@ -192,6 +192,15 @@ def metric_tables(
         ]
         blocks.append(f"{title}\n\n" + markdown_table(["method", *columns], table))
     return blocks
+
+
+def fmt(value, spec: str) -> str:
+    """A table cell: value formatted by spec ("8.2f", ">10"), or "-" as wide where there is none."""
+    return format(value, spec) if value is not None else format("-", ">" + width(spec))
+
+
+def width(spec: str) -> str:
+    return spec.lstrip("<>").split(".")[0]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from nuir.bench.speed import fmt
+from nuir.bench._common import fmt
 
 # Peak DRAM bandwidth (GB/s) by device-name fragment, where the device properties lack the memory
 # clock and bus width. First match wins: keep the specific names first.

@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 import nuir
+from nuir._validate import sigma_from_spacing
 from nuir.bench._common import (
     L1_SCALE,
     check_ranges,
@@ -46,7 +47,6 @@ from nuir.bench._common import (
     write_csv,
 )
 from nuir.bench._images import load_images
-from nuir.samplers import sigma_from_spacing
 
 MIN_SIGMA = 0.3
 # A pixel that no Gaussian reaches gets no gradient at all; a wider cutoff than nuir's default 3

@@ -37,6 +37,7 @@ from scipy.interpolate import griddata
 from tqdm import tqdm
 
 import nuir
+from nuir._validate import sigma_from_spacing
 from nuir.bench._common import (
     add_sweep_argument,
     check_ranges,
@@ -52,7 +53,7 @@ from nuir.bench._common import (
     write_csv,
 )
 from nuir.bench._images import Photo, add_photo_arguments, load_images
-from nuir.samplers import local_spacing, sigma_from_spacing
+from nuir.samplers import local_spacing
 from nuir.upsample import solve_consistent
 
 PATTERNS = ("random-4", "random-16", "random-64", "blue-noise-16", "blocks")

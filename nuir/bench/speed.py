@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nuir.bench._common import fmt, width
+
 
 def machine_name() -> str:
     model = platform.processor() or platform.machine()
@@ -128,15 +130,6 @@ def add_ratios(row: dict) -> dict:
     height, width = (int(side) for side in row["size"].split("x"))
     row["fwd_ns_per_pixel"] = 1e6 * row["nuir_fwd_ms"] / (height * width)
     return row
-
-
-def fmt(value, spec: str) -> str:
-    """A table cell: value formatted by spec ("8.2f", ">10"), or "-" as wide where there is none."""
-    return format(value, spec) if value is not None else format("-", ">" + width(spec))
-
-
-def width(spec: str) -> str:
-    return spec.lstrip("<>").split(".")[0]
 
 
 # The printed table: (heading, CSV column, cell format); "|" separates groups of columns.
