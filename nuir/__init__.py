@@ -1,7 +1,8 @@
 """nuir: differentiable non-uniform image interpolation with Gaussian mixtures (arXiv 2012.13257).
 
-Importing nuir never compiles anything: the first call of the operator loads the kernels built by
-``pip install .`` or, failing that, builds them (see nuir/_backend.py).
+Importing nuir defines the ops ``torch.ops.nuir.*`` completely (nuir/ops.py) but never compiles
+or loads compiled code: the first call of the operator loads the kernels built by ``pip install .``
+or, failing that, builds them (see nuir/_backend.py).
 """
 
 from nuir._backend import backend_name

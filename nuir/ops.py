@@ -1,15 +1,22 @@
-"""The public operator ``nuir.interpolate``.
+"""The public operator ``nuir.interpolate``, and the ops ``torch.ops.nuir.*`` underneath it.
 
-Autograd and fake kernels of ``torch.ops.nuir.*`` are registered here, in Python; the schemas
-live in csrc/nuir.cpp and the device kernels in csrc/cpu and csrc/cuda.
+Importing this module makes the ops complete without loading any compiled code: it defines them
+from their schemas (written once, in csrc/nuir.cpp) and registers their fake (meta) kernels,
+their autograd and a kernel for any device. That last one runs only where no compiled kernel is
+registered: its first call loads or builds the CPU (and CUDA) kernels (nuir/_backend.py), which
+register themselves for their devices and take that call and every later one; where none can
+serve (a failed build, a device without kernels of its own) it runs the reference.
 """
 
 from __future__ import annotations
 
+import ast
+import re
+
 import torch
 
 from nuir import _backend, reference
-from nuir._validate import Prepared, prepare
+from nuir._validate import Prepared, check_scalar, prepare
 
 
 def interpolate(
@@ -52,7 +59,6 @@ def interpolate(
     """
     p = prepare(points, values, size, sigma, cov, weights, cutoff, fill, check=check)
     if _backend.use_compiled(p.values.device):
-        ensure_registered()
         image, weight = _call_op(p)
     else:
         image, weight = reference.interpolate_cov3(
@@ -76,67 +82,137 @@ def _call_op(p: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
     return image.to(p.values.dtype), weight
 
 
-# --- autograd and fake kernels of torch.ops.nuir.* -------------------------------------------
+# --- the ops: schemas, fake kernels, autograd, and the kernel for any device ------------------
 
 
-def _register() -> None:
-    """Registers Python-side pieces of the op; runs once the schema library is loaded."""
+def _schemas() -> list[str]:
+    """The op schemas as csrc/nuir.cpp writes them: the string literals of its kSchemas array."""
+    path = _backend.source_dir() / "nuir.cpp"
+    found = re.search(r"kSchemas\[\] = \{\n(.*?)\n\};", path.read_text(), re.DOTALL)
+    if found is None:
+        raise RuntimeError(f"nuir: no kSchemas array in {path}")
+    # C and Python agree on these literals (no escapes) and on joining adjacent ones.
+    return list(ast.literal_eval("[" + re.sub(r"//[^\n]*", "", found.group(1)) + "]"))
 
-    @torch.library.register_fake("nuir::gmm_forward")
-    def _(points, values, cov3, weights, height, width, cutoff, fill):
-        batch, _, channels = values.shape
-        # The weight map comes in the accumulation type: float32 for half-precision inputs.
-        acc = torch.float64 if values.dtype == torch.float64 else torch.float32
-        return (
-            values.new_empty(batch, channels, height, width),
-            values.new_empty(batch, height, width, dtype=acc),
+
+_library = torch.library.Library("nuir", "DEF")
+for _schema in _schemas():
+    _library.define(_schema)
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The weight map's dtype (csrc/op_common.h): float32 for half-precision inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("nuir::gmm_forward")
+def _(points, values, cov3, weights, height, width, cutoff, fill):
+    batch, _, channels = values.shape
+    return (
+        values.new_empty(batch, channels, height, width),
+        values.new_empty(batch, height, width, dtype=_accumulation_dtype(values.dtype)),
+    )
+
+
+@torch.library.register_fake("nuir::gmm_backward")
+def _(grad_image, grad_weight, image, weight, points, values, cov3, weights, cutoff, mask=None):
+    return tuple(t.new_empty(t.shape) for t in (points, values, cov3, weights))  # contiguous
+
+
+def _setup_context(ctx, inputs, output):
+    points, values, cov3, weights, height, width, cutoff, fill = inputs
+    image, weight = output
+    ctx.save_for_backward(points, values, cov3, weights, image, weight)
+    ctx.cutoff = cutoff
+
+
+def _backward(ctx, grad_image, grad_weight):
+    points, values, cov3, weights, image, weight = ctx.saved_tensors
+    if grad_image is None:
+        grad_image = torch.zeros_like(image)
+    grads = torch.ops.nuir.gmm_backward(
+        grad_image.contiguous(),
+        None if grad_weight is None else grad_weight.contiguous(),
+        image,
+        weight,
+        points,
+        values,
+        cov3,
+        weights,
+        ctx.cutoff,
+        list(ctx.needs_input_grad[:4]),
+    )
+    grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4])]
+    return (*grads, None, None, None, None)
+
+
+torch.library.register_autograd("nuir::gmm_forward", _backward, setup_context=_setup_context)
+
+
+def _compiled_kernels_serve(device: torch.device) -> bool:
+    """Loads or builds the compiled kernels; whether they serve `device` (else the reference).
+
+    Raises for CUDA tensors where there are no compiled CUDA kernels, saying why.
+    """
+    if not _backend.use_compiled(device):
+        return False
+    key = "CUDA" if device.type == "cuda" else "CPU"
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("nuir::gmm_forward", key):
+        raise RuntimeError(f"nuir: the compiled operator was loaded without {key} kernels")
+    return True
+
+
+def _forward_any_device(points, values, cov3, weights, height, width, cutoff, fill):
+    if _compiled_kernels_serve(values.device):  # now registered: the call goes to them
+        return torch.ops.nuir.gmm_forward(
+            points, values, cov3, weights, height, width, cutoff, fill
         )
+    check_scalar("cutoff", cutoff, positive=True, allow_inf=True)  # as the kernels do
+    image, weight = reference.interpolate_cov3(
+        points, values, cov3, weights, height, width, cutoff, fill
+    )
+    return image.contiguous(), weight.to(_accumulation_dtype(values.dtype)).contiguous()
 
-    @torch.library.register_fake("nuir::gmm_backward")
-    def _(grad_image, grad_weight, image, weight, points, values, cov3, weights, cutoff, mask=None):
-        return (
-            torch.empty_like(points),
-            torch.empty_like(values),
-            torch.empty_like(cov3),
-            torch.empty_like(weights),
+
+def _backward_any_device(
+    grad_image,
+    grad_weight,
+    image,
+    weight,
+    points,
+    values,
+    cov3,
+    weights,
+    cutoff,
+    output_mask=(True,) * 4,  # the schema's default, which some callers leave out
+):
+    inputs = (points, values, cov3, weights)
+    if _compiled_kernels_serve(values.device):
+        return torch.ops.nuir.gmm_backward(
+            grad_image, grad_weight, image, weight, *inputs, cutoff, output_mask
         )
-
-    def setup_context(ctx, inputs, output):
-        points, values, cov3, weights, height, width, cutoff, fill = inputs
-        image, weight = output
-        ctx.save_for_backward(points, values, cov3, weights, image, weight)
-        ctx.cutoff = cutoff
-
-    def backward(ctx, grad_image, grad_weight):
-        points, values, cov3, weights, image, weight = ctx.saved_tensors
-        if grad_image is None:
-            grad_image = torch.zeros_like(image)
-        grads = torch.ops.nuir.gmm_backward(
-            grad_image.contiguous(),
-            None if grad_weight is None else grad_weight.contiguous(),
-            image,
-            weight,
-            points,
-            values,
-            cov3,
-            weights,
-            ctx.cutoff,
-            list(ctx.needs_input_grad[:4]),
-        )
-        grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4])]
-        return (*grads, None, None, None, None)
-
-    torch.library.register_autograd("nuir::gmm_forward", backward, setup_context=setup_context)
+    check_scalar("cutoff", cutoff, positive=True, allow_inf=True)
+    # The reference's gradients by autograd, which is off where a kernel runs. The fill value
+    # gets no gradient: 0 stands in for it.
+    with torch.inference_mode(False), torch.enable_grad():
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        height, width = image.shape[-2:]
+        new_image, new_weight = reference.interpolate_cov3(*leaves, height, width, cutoff, 0.0)
+        if grad_weight is None:
+            grad_weight = torch.zeros_like(new_weight)
+        grad_outputs = (grad_image.to(new_image.dtype), grad_weight.to(new_weight.dtype))
+        grads = torch.autograd.grad((new_image, new_weight), leaves, grad_outputs)
+    return tuple(
+        g.contiguous() if keep else g.new_zeros(g.shape) for g, keep in zip(grads, output_mask)
+    )
 
 
-_registered = False
+# CompositeExplicitAutograd: a kernel for every device, which a device's own kernel overrides.
+_library.impl("gmm_forward", _forward_any_device, "CompositeExplicitAutograd")
+_library.impl("gmm_backward", _backward_any_device, "CompositeExplicitAutograd")
 
 
 def ensure_registered() -> bool:
-    """Build / load the kernels if needed and register autograd once. True if compiled."""
-    global _registered
-    ok = _backend.compiled_available()
-    if ok and not _registered:
-        _register()
-        _registered = True
-    return ok
+    """Loads (building if needed) the compiled kernels, which register themselves for the CPU
+    (and CUDA); True if they did. The ops work without: see the module's docstring."""
+    return _backend.compiled_available()

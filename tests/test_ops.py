@@ -1,12 +1,15 @@
 """The CPU kernel against the reference, gradients, op registration, errors and determinism."""
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from _cases import SIGMA_FORMS, assert_close_scaled, assert_output_masks, make_case
-from _helpers import gradcheck_interpolate, opcheck_both_ops
+from _helpers import gradcheck_interpolate
 
 import nuir
 from nuir import reference
@@ -126,12 +129,64 @@ def test_gradcheck_float64(compiled, form, cutoff):
     assert gradcheck_interpolate(points, values, kwargs, (5, 6), cutoff, "cpu")
 
 
-def test_opcheck(compiled):
-    points, values, kwargs = make_case("cov", batch=2, n=12, channels=3, size=(9, 7))
-    p = prepare(points, values, (9, 7), None, kwargs["cov"], None, 3.0, 0.0)
-    args = [t.contiguous().clone().requires_grad_() for t in (p.points, p.values, p.cov3)]
-    weights = torch.rand(2, 12, dtype=torch.float64, requires_grad=True)
-    opcheck_both_ops(args, weights, 9, 7)
+# Run in a fresh process: ``import nuir`` alone must make the ops complete (schema, fake kernel,
+# autograd), and their first call must load the compiled kernels, or fall back to the reference.
+OPCHECK_AT_IMPORT = """
+import itertools, sys, warnings
+import torch
+sys.path.insert(0, {tests!r})
+import nuir
+from _cases import make_case
+from nuir._validate import prepare
+
+def has_kernel(key):
+    return torch._C._dispatch_has_kernel_for_dispatch_key("nuir::gmm_forward", key)
+
+def nuir_libraries():
+    return [path for path in torch.ops.loaded_libraries if "nuir" in path]
+
+assert not nuir_libraries() and not has_kernel("CPU"), nuir_libraries()
+assert has_kernel("Meta") and has_kernel("Autograd"), "fake kernel or autograd missing"
+DTYPES = (torch.float64, torch.float32)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    shapes = [("cov", 2, 12, 3, (9, 7)), ("weights", 1, 5, 1, (4, 6))]
+    for dtype, (form, batch, n, channels, size) in itertools.product(DTYPES, shapes):
+        points, values, kw = make_case(form, batch=batch, n=n, channels=channels, size=size)
+        p = prepare(points, values, size, kw.get("sigma"), kw.get("cov"), kw.get("weights"))
+        kernel_form = (p.points, p.values, p.cov3, p.weights)
+        inputs = [t.to(dtype).contiguous().requires_grad_() for t in kernel_form]
+        torch.library.opcheck(torch.ops.nuir.gmm_forward.default, (*inputs, *size, 3.0, 0.5))
+        image, weight = torch.ops.nuir.gmm_forward(*inputs, *size, 3.0, 0.5)
+        saved = [t.detach() for t in (image, weight, *inputs)]
+        # With both optional arguments given, and with neither.
+        for optional in ([torch.randn_like(weight), [True, False, True, False]], [None]):
+            args = (torch.randn_like(image), optional[0], *saved, 3.0, *optional[1:])
+            torch.library.opcheck(torch.ops.nuir.gmm_backward.default, args)
+print("backend:", nuir.backend_name())
+print("CPU kernels:", has_kernel("CPU"), "libraries:", len(nuir_libraries()))
+for warning in caught:
+    print("warning:", str(warning.message).splitlines()[0])
+"""
+
+
+@pytest.mark.parametrize("kernels", ["compiled", "reference"])
+def test_opcheck_right_after_import(kernels, tmp_path):
+    env = dict(os.environ, NUIR_BACKEND="compiled" if kernels == "compiled" else "auto")
+    if kernels == "reference":  # no compiler: the build fails, the ops run the reference
+        env.update(CXX=str(tmp_path / "no-such-compiler"), TORCH_EXTENSIONS_DIR=str(tmp_path))
+    script = OPCHECK_AT_IMPORT.format(tests=str(Path(__file__).resolve().parent))
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    backend, loaded, *warned = out.stdout.splitlines()
+    if kernels == "compiled":  # loaded by the first call
+        assert backend.startswith("backend: compiled (cpu") and not warned, out.stdout
+        assert loaded == "CPU kernels: True libraries: 1"
+    else:  # one warning, and the reference ran every call
+        assert backend == "backend: reference" and loaded == "CPU kernels: False libraries: 0"
+        assert len(warned) == 1 and "using the pure-PyTorch reference" in warned[0], warned
 
 
 def test_deterministic_across_runs_and_thread_counts(compiled):
