@@ -11,8 +11,10 @@ into an error.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
+import platform
 import sys
 import threading
 import warnings
@@ -21,12 +23,29 @@ from pathlib import Path
 import torch
 
 _lock = threading.Lock()
-# "ok": compiled kernels are loaded; "origin": "prebuilt" or "jit"; "no_cuda": why there are no
-# CUDA kernels, where torch has CUDA.
+# "ok": compiled kernels are loaded; "origin": "prebuilt" or "jit"; "library": the path of the
+# loaded library; "no_cuda": why there are no CUDA kernels, where torch has CUDA.
 _state: dict[str, object] = {}
 
+
+def target_flags(machine: str | None = None) -> list[str]:
+    """The instruction-set baseline of every build, prebuilt or JIT: one that any CPU of the
+    architecture runs, so that a wheel, an image or a shared JIT cache works on other machines.
+
+    On x86-64 the CPU kernels are also compiled for AVX2 and AVX-512 and chosen at run time
+    (csrc/cpu/gmm_cpu.cpp; NUIR_CPU_ISA overrides), as fast as a -march=native build
+    (docs/speed.md). On aarch64 the baseline has NEON.
+    """
+    machine = (machine or platform.machine()).lower()
+    if machine in ("x86_64", "amd64"):
+        return ["-march=x86-64"]
+    if machine in ("aarch64", "arm64"):
+        return ["-march=armv8-a"]
+    return []  # the compiler's default target
+
+
 # -fno-trapping-math lets the masked lane loops vectorise; no result depends on FP traps.
-CXX_FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno"]
+CXX_FLAGS = ["-O3", *target_flags(), "-fno-trapping-math", "-fno-math-errno"]
 NVCC_FLAGS = ["-O3", "-lineinfo"]
 
 
@@ -93,6 +112,7 @@ def _load_prebuilt() -> bool:
         )
         return False
     _state["origin"] = "prebuilt"
+    _state["library"] = spec.origin
     if torch.cuda.is_available() and not has_cuda_kernels():
         problem = cuda_toolkit_problem() or "the CUDA toolkit was missing when nuir was installed"
         _state["no_cuda"] = (
@@ -107,7 +127,7 @@ def _jit_build() -> None:
     from torch.utils.cpp_extension import load
 
     def build(with_cuda: bool) -> None:
-        load(
+        _state["library"] = load(
             name="nuir_ops_cuda" if with_cuda else "nuir_ops_cpu",
             sources=sources(with_cuda),
             extra_cflags=CXX_FLAGS + openmp_flags(),
@@ -192,6 +212,37 @@ def _first_error(exc: Exception) -> str:
         if hits:
             return hits[0][:300]
     return (lines or [type(exc).__name__])[-1][:300]
+
+
+def _kernel_library() -> ctypes.CDLL | None:
+    if not compiled_available() or not _state.get("library"):
+        return None
+    library = ctypes.CDLL(str(_state["library"]))  # the handle of the loaded library
+    for name in ("nuir_cpu_isa", "nuir_cpu_isas"):
+        getattr(library, name).restype = ctypes.c_char_p
+    return library
+
+
+def cpu_isas() -> list[str]:
+    """The instruction sets the compiled CPU kernels can run here, best last (of baseline, avx2,
+    avx512); empty without compiled kernels."""
+    library = _kernel_library()
+    return library.nuir_cpu_isas().decode().split() if library else []
+
+
+def cpu_isa() -> str | None:
+    """The instruction set the compiled CPU kernels run: the best of cpu_isas(), or the one
+    NUIR_CPU_ISA names (read at every call of the kernels). None without compiled kernels."""
+    library = _kernel_library()
+    if library is None:
+        return None
+    chosen = library.nuir_cpu_isa()
+    if chosen is None:
+        raise ValueError(
+            f"NUIR_CPU_ISA={os.environ.get('NUIR_CPU_ISA')!r} must be auto or one of "
+            f"{' '.join(cpu_isas())}"
+        )
+    return chosen.decode()
 
 
 def backend_name() -> str:

@@ -5,6 +5,12 @@
 // in a local buffer, point after point in a fixed order. No atomics: bitwise reproducible.
 // Backward: one pass over the pixels makes g/W and <g, v>/W - dL/dW; then every point gathers over
 // the pixels of its cutoff box (points in parallel), again without atomics.
+//
+// The loops (gmm_cpu_kernels.h) are compiled once per instruction set: for the build's target
+// ("baseline": the portable flags of nuir/_backend.py, 16-byte registers), and with GCC on x86-64
+// also for x86-64-v3 ("avx2") and x86-64-v4 ("avx512"). Each call runs the best variant this CPU
+// supports, or the one NUIR_CPU_ISA names. Every variant does the same operations in the same
+// order on every lane, so all give the same bits (-ffp-contract=off: no fused multiply-adds).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -15,8 +21,11 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "gmm_math.h"
@@ -28,68 +37,6 @@ namespace {
 // Bands are kLanes rows high; every inner loop runs over kLanes lanes of one row, a fixed trip
 // count that compiles to whole vector registers.
 constexpr int64_t kLanes = 16;
-
-// kLanes values of one row, as a GCC/Clang vector: element-wise arithmetic compiles to whole
-// SIMD registers on any x86-64 / ARM target; comparisons give lane masks for `mask ? a : b`.
-template <typename T>
-struct Lanes {
-  typedef T type __attribute__((vector_size(kLanes * sizeof(T))));
-};
-template <typename T>
-using vec = typename Lanes<T>::type;
-
-template <typename T>
-inline vec<T> load(const T* p) {
-  vec<T> v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-inline void store(T* p, const vec<T>& v) {
-  __builtin_memcpy(p, &v, sizeof(v));
-}
-template <typename T>
-inline vec<T> splat(T x) {
-  return vec<T>{} + x;
-}
-template <typename T>
-inline vec<T> lane_index() {
-  vec<T> v;
-  for (int64_t j = 0; j < kLanes; ++j) v[j] = T(j);
-  return v;
-}
-template <typename T>
-inline T lane_sum(vec<T> v) {  // a fixed pairwise tree: deterministic and short
-  for (int64_t half = kLanes / 2; half >= 1; half /= 2)
-    for (int64_t j = 0; j < half; ++j) v[j] += v[j + half];
-  return v[0];
-}
-
-// exp(x) for float lanes: Cody-Waite range reduction and a degree-6 polynomial (error < 1 ulp on
-// [-87, 88]; 0 below -87, where expf is denormal or 0). Double lanes use std::exp.
-inline vec<float> exp_lanes(vec<float> x) {
-  using VI = vec<int32_t>;
-  vec<float> xc = x < -87.0f ? splat(-87.0f) : x;
-  xc = xc > 88.0f ? splat(88.0f) : xc;
-  const VI k = __builtin_convertvector(xc * 1.44269504088896341f + 128.5f, VI) - 128;
-  const vec<float> kf = __builtin_convertvector(k, vec<float>);
-  const vec<float> r = (xc - kf * 0.693359375f) + kf * 2.12194440e-4f;
-  vec<float> p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const vec<float> e = p * (vec<float>)((k + 127) << 23);
-  return x < -87.0f ? splat(0.0f) : e;
-}
-inline vec<double> exp_lanes(vec<double> x) {
-  for (int64_t j = 0; j < kLanes; ++j) x[j] = std::exp(x[j]);
-  return x;
-}
-inline float exp_scalar(float x) { return exp_lanes(splat(x))[0]; }
-inline double exp_scalar(double x) { return std::exp(x); }
 
 // Points whose cutoff box meets the raster (batch-flat indices), in the order of the
 // kLanes x kLanes tile where the box starts; stable, so equal keys keep the point order.
@@ -124,137 +71,111 @@ std::vector<int64_t> spatial_order(const scalar_t* points, const scalar_t* cov3,
   return order;
 }
 
-// Accumulates one point into a band buffer acc [(C + 1), kLanes, pitch]: the C numerator planes,
-// then the total weight W, for the band's kLanes rows starting at row ty0. Rows y0..y1 and columns
-// x0..x1 are the point's cutoff box inside the band; columns go kLanes at a time.
-template <typename acc_t, int kC>
-inline void splat_point(const Gaussian<acc_t>& g, const acc_t* value, int channels, int64_t ty0,
-                        int64_t x0, int64_t x1, int64_t y0, int64_t y1, int64_t pitch,
-                        acc_t* __restrict acc) {
-  using V = vec<acc_t>;
-  const int C = kC > 0 ? kC : channels;
-  const int64_t plane = kLanes * pitch;
-  const V lane = lane_index<acc_t>();
-  V qy{}, ey{};
-  if (g.diagonal) {
-    const V dy = lane + (acc_t(ty0) - g.my);
-    qy = g.ic * dy * dy;
-    ey = g.norm * exp_lanes(acc_t(-0.5) * qy);
+}  // namespace
+}  // namespace nuir
+
+// The kernels for each instruction set, in namespaces of their own. Everything above was compiled
+// for the baseline target: a variant calls it (or inlines it), never the other way round.
+#define NUIR_SIMD_BYTES 16
+namespace nuir::isa_baseline {
+namespace {
+#include "gmm_cpu_kernels.h"
+}  // namespace
+}  // namespace nuir::isa_baseline
+#undef NUIR_SIMD_BYTES
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define NUIR_CPU_DISPATCH 1
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+#define NUIR_SIMD_BYTES 32
+namespace nuir::isa_avx2 {
+namespace {
+#include "gmm_cpu_kernels.h"
+}  // namespace
+}  // namespace nuir::isa_avx2
+#undef NUIR_SIMD_BYTES
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+#define NUIR_SIMD_BYTES 64
+namespace nuir::isa_avx512 {
+namespace {
+#include "gmm_cpu_kernels.h"
+}  // namespace
+}  // namespace nuir::isa_avx512
+#undef NUIR_SIMD_BYTES
+#pragma GCC pop_options
+#else
+#define NUIR_CPU_DISPATCH 0
+#endif
+
+namespace nuir {
+namespace {
+
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+constexpr const char* kIsaNames[] = {"baseline", "avx2", "avx512"};
+constexpr Isa kIsas[] = {Isa::kBaseline, Isa::kAvx2, Isa::kAvx512};
+
+// Whether this build has the variant and this CPU (and its OS) runs it.
+bool runs(Isa isa) {
+#if NUIR_CPU_DISPATCH
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("x86-64-v3");
+    case Isa::kAvx512:
+      return __builtin_cpu_supports("x86-64-v4");
+    default:
+      return true;
   }
-  for (int64_t xc = x0; xc <= x1; xc += kLanes) {
-    const V xs = lane + acc_t(xc);
-    const V dx = xs - g.mx;
-    const V qx = g.ia * dx * dx;
-    const auto inbox = xs <= acc_t(x1);
-    const V ex = g.diagonal ? (inbox ? exp_lanes(acc_t(-0.5) * qx) : V{}) : V{};
-    for (int64_t y = y0; y <= y1; ++y) {
-      const int64_t r = y - ty0;
-      V w;
-      if (g.diagonal) {
-        w = (qx + qy[r] <= g.cut2) ? ey[r] * ex : V{};
-      } else {
-        const acc_t dy = acc_t(y) - g.my;
-        const V m2 = qx + (acc_t(2) * g.ib * dy) * dx + g.ic * dy * dy;
-        w = ((m2 <= g.cut2) & inbox) ? g.norm * exp_lanes(acc_t(-0.5) * m2) : V{};
-      }
-      acc_t* row = acc + r * pitch + xc;
-      store(row + C * plane, load(row + C * plane) + w);
-      for (int c = 0; c < C; ++c) store(row + c * plane, load(row + c * plane) + w * value[c]);
-    }
-  }
+#else
+  return isa == Isa::kBaseline;
+#endif
 }
 
-// Forward. The output is cut into bands of kLanes rows; a counting sort lists, for every band,
-// the points whose cutoff box meets it, in point order. Bands run in parallel, each summing its
-// points into a local buffer in that fixed order: no atomics, the same bits for any thread count.
-template <typename scalar_t, int kC>
-void forward_impl(const at::Tensor& points, const at::Tensor& values, const at::Tensor& cov3,
-                  const at::Tensor& weights, int64_t height, int64_t width, double cutoff,
-                  double fill, at::Tensor& image, at::Tensor& weight_map) {
-  using acc_t = acc_type<scalar_t>;
-  const int64_t batch = points.size(0), n = points.size(1), channels = values.size(2);
-  const int64_t bands = (height + kLanes - 1) / kLanes, pitch = width + kLanes;
-  const scalar_t* val = values.data_ptr<scalar_t>();
-  scalar_t* out = image.data_ptr<scalar_t>();
-  scalar_t* wout = weight_map.data_ptr<scalar_t>();
+std::string runnable_names() {
+  std::string names;
+  for (Isa isa : kIsas)
+    if (runs(isa)) names += (names.empty() ? "" : " ") + std::string(kIsaNames[int(isa)]);
+  return names;
+}
 
-  // Points in spatial order, with their Gaussian, box and values copied next to each other.
-  std::vector<int64_t> all_boxes;
-  const std::vector<int64_t> order = spatial_order(points.data_ptr<scalar_t>(),
-                                                   cov3.data_ptr<scalar_t>(), batch, n, height,
-                                                   width, cutoff, all_boxes);
-  const int64_t m = int64_t(order.size());
-  std::vector<Gaussian<acc_t>> gaussians(m);
-  std::vector<int64_t> boxes(4 * m);
-  std::vector<acc_t> values_acc(m * channels);
-  {
-    const scalar_t* pts = points.data_ptr<scalar_t>();
-    const scalar_t* cov = cov3.data_ptr<scalar_t>();
-    const scalar_t* wts = weights.data_ptr<scalar_t>();
-    at::parallel_for(0, m, 2048, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        const int64_t i = order[k];
-        const scalar_t* p = pts + 2 * i;
-        const scalar_t* c = cov + 3 * i;
-        gaussians[k] = make_gaussian<acc_t>(acc_t(p[0]), acc_t(p[1]), acc_t(c[0]), acc_t(c[1]),
-                                            acc_t(c[2]), acc_t(wts[i]), acc_t(cutoff));
-        for (int j = 0; j < 4; ++j) boxes[4 * k + j] = all_boxes[4 * i + j];
-        for (int64_t c2 = 0; c2 < channels; ++c2)
-          values_acc[k * channels + c2] = acc_t(val[i * channels + c2]);
-      }
-    });
+// The variant the kernels run: the one NUIR_CPU_ISA names, else ("auto" or unset) the best one.
+// The variable is read at every call, so that a benchmark can compare variants in one process.
+Isa chosen_isa() {
+  const char* asked = std::getenv("NUIR_CPU_ISA");
+  if (asked == nullptr || *asked == '\0' || std::strcmp(asked, "auto") == 0) {
+    Isa best = Isa::kBaseline;
+    for (Isa isa : kIsas)
+      if (runs(isa)) best = isa;
+    return best;
   }
-
-  // Counting sort of (band, point) pairs by band, points in spatial order within a band.
-  std::vector<int64_t> band_start(batch * bands + 1, 0), band_points;
-  for (int pass = 0; pass < 2; ++pass) {
-    std::vector<int64_t> cursor;
-    if (pass == 1) cursor.assign(band_start.begin(), band_start.end() - 1);
-    for (int64_t k = 0; k < m; ++k) {
-      const int64_t* bx = &boxes[4 * k];
-      const int64_t first = (order[k] / n) * bands;
-      for (int64_t band = bx[2] / kLanes; band <= bx[3] / kLanes; ++band) {
-        if (pass == 0) {
-          ++band_start[first + band + 1];
-        } else {
-          band_points[cursor[first + band]++] = k;
-        }
-      }
-    }
-    if (pass == 0) {
-      for (int64_t t = 0; t < batch * bands; ++t) band_start[t + 1] += band_start[t];
-      band_points.resize(band_start.back());
-    }
+  for (Isa isa : kIsas) {
+    if (std::strcmp(asked, kIsaNames[int(isa)]) != 0) continue;
+    TORCH_CHECK(runs(isa), "nuir: NUIR_CPU_ISA=", asked,
+                " is not available on this CPU or in this build; available: ", runnable_names());
+    return isa;
   }
+  TORCH_CHECK(false, "nuir: NUIR_CPU_ISA must be auto or one of ", runnable_names(), ", got '",
+              asked, "'");
+  return Isa::kBaseline;
+}
 
-  at::parallel_for(0, batch * bands, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc((channels + 1) * kLanes * pitch);
-    const int64_t plane = kLanes * pitch;
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / bands, ty0 = (t % bands) * kLanes;
-      const int64_t ty1 = std::min(ty0 + kLanes, height) - 1;
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      for (int64_t e = band_start[t]; e < band_start[t + 1]; ++e) {
-        const int64_t k = band_points[e];
-        const int64_t* bx = &boxes[4 * k];
-        splat_point<acc_t, kC>(gaussians[k], &values_acc[k * channels], int(channels), ty0,
-                               bx[0], bx[1], std::max(bx[2], ty0), std::min(bx[3], ty1), pitch,
-                               acc.data());
-      }
-      scalar_t* out_b = out + b * channels * height * width;
-      scalar_t* wout_b = wout + b * height * width;
-      for (int64_t y = ty0; y <= ty1; ++y) {
-        const acc_t* total = &acc[channels * plane + (y - ty0) * pitch];
-        for (int64_t x = 0; x < width; ++x) wout_b[y * width + x] = scalar_t(total[x]);
-        for (int64_t c = 0; c < channels; ++c) {
-          const acc_t* num = &acc[c * plane + (y - ty0) * pitch];
-          scalar_t* dst = out_b + (c * height + y) * width;
-          for (int64_t x = 0; x < width; ++x)
-            dst[x] = total[x] > acc_t(0) ? scalar_t(num[x] / total[x]) : scalar_t(fill);
-        }
-      }
-    }
-  });
+// fn(Kernels{}) with the Kernels of variant `isa` (gmm_cpu_kernels.h).
+template <typename Fn>
+void with_variant(Isa isa, Fn&& fn) {
+  switch (isa) {
+#if NUIR_CPU_DISPATCH
+    case Isa::kAvx512:
+      return fn(isa_avx512::Kernels{});
+    case Isa::kAvx2:
+      return fn(isa_avx2::Kernels{});
+#endif
+    default:
+      return fn(isa_baseline::Kernels{});
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> gmm_forward_cpu(const at::Tensor& points,
@@ -269,209 +190,17 @@ std::tuple<at::Tensor, at::Tensor> gmm_forward_cpu(const at::Tensor& points,
   const int64_t batch = points.size(0), channels = values.size(2);
   auto image = at::empty({batch, channels, height, width}, in.values.options());
   auto weight_map = at::empty({batch, height, width}, in.values.options());
+  const Isa isa = chosen_isa();
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "gmm_forward_cpu", [&] {
     dispatch_channels(channels, [&](auto kc) {
-      forward_impl<scalar_t, decltype(kc)::value>(in.points, in.values, in.cov3, in.weights,
-                                                 height, width, cutoff, fill, image, weight_map);
+      with_variant(isa, [&](auto kernels) {
+        decltype(kernels)::template forward<scalar_t, decltype(kc)::value>(
+            in.points, in.values, in.cov3, in.weights, height, width, cutoff, fill, image,
+            weight_map);
+      });
     });
   });
   return {image, weight_map};
-}
-
-// ---------------------------------------------------------------------------------------------
-// Backward.
-
-// Gradient sums of one point, gathered over the pixels of its box, kLanes pixels of a row at a
-// time. `map` holds, for the point's batch element, C + 1 planes of row stride `pitch`
-// (>= W + kLanes, zero padded): G_c = g_c / W and s = <g, v> / W - dL/dW, so that dL/dw for a
-// pair is <G, c_i> - s.
-template <typename acc_t, int kC>
-void gather_point(const Gaussian<acc_t>& g, acc_t weight, const acc_t* value, int channels,
-                  int64_t x0, int64_t x1, int64_t y0, int64_t y1, const acc_t* map,
-                  int64_t plane, int64_t pitch, std::vector<acc_t>& ex_buf,
-                  std::vector<acc_t>& ey_buf, const std::array<bool, 4>& need, acc_t* grad_value,
-                  PointGradSums<acc_t>& sums) {
-  const bool need_points = need[0], need_values = need[1], need_cov = need[2],
-             need_weights = need[3];
-  using V = vec<acc_t>;
-  const int C = kC > 0 ? kC : channels;
-  const V lane = lane_index<acc_t>();
-  if (g.diagonal) {  // the Gaussian's x and y factors, once per column and row of the box
-    const int64_t nx = (x1 - x0 + kLanes) / kLanes * kLanes;
-    const int64_t ny = (y1 - y0 + kLanes) / kLanes * kLanes;
-    ex_buf.resize(nx);
-    ey_buf.resize(ny);
-    for (int64_t j = 0; j < nx; j += kLanes) {
-      const V dx = lane + (acc_t(x0 + j) - g.mx);
-      store(&ex_buf[j], exp_lanes(acc_t(-0.5) * g.ia * dx * dx));
-    }
-    for (int64_t j = 0; j < ny; j += kLanes) {
-      const V dy = lane + (acc_t(y0 + j) - g.my);
-      store(&ey_buf[j], g.density_norm * exp_lanes(acc_t(-0.5) * g.ic * dy * dy));
-    }
-  }
-  constexpr int kMaxC = kC > 0 ? kC : 1;
-  V a_gv[kMaxC] = {};
-  std::vector<V> a_gv_dyn(kC > 0 ? 0 : C, V{});
-  V a_kd{}, a_kw{}, a_ux{}, a_uy{}, a_uxux{}, a_uxuy{}, a_uyuy{};
-  for (int64_t y = y0; y <= y1; ++y) {
-    const acc_t dy = acc_t(y) - g.my;
-    const acc_t qy = g.ic * dy * dy, bdy = acc_t(2) * g.ib * dy;
-    const acc_t ey = g.diagonal ? ey_buf[y - y0] : acc_t(0);
-    for (int64_t xc = x0; xc <= x1; xc += kLanes) {
-      const acc_t* row = map + y * pitch + xc;
-      const V xs = lane + acc_t(xc);
-      const V dx = xs - g.mx;
-      const V m2 = g.ia * dx * dx + bdy * dx + qy;
-      const auto live = (xs <= acc_t(x1)) & (m2 <= g.cut2);
-      const V e = g.diagonal ? ey * load(&ex_buf[xc - x0])
-                             : g.density_norm * exp_lanes(acc_t(-0.5) * m2);
-      const V dens = live ? e : V{};
-      const V w = weight * dens;
-      V k = live ? -load(row + C * plane) : V{};
-      for (int c = 0; c < C; ++c) {
-        const V gc = live ? load(row + c * plane) : V{};
-        k += gc * value[c];
-        if (!need_values) continue;
-        if constexpr (kC > 0) {
-          a_gv[c] += w * gc;
-        } else {
-          a_gv_dyn[c] += w * gc;
-        }
-      }
-      if (need_weights) a_kd += k * dens;
-      if (need_points || need_cov) {
-        const V ux = g.ia * dx + g.ib * dy, uy = g.ib * dx + g.ic * dy;
-        const V kw = k * w;
-        if (need_points) {
-          a_ux += kw * ux;
-          a_uy += kw * uy;
-        }
-        if (need_cov) {
-          a_kw += kw;
-          a_uxux += kw * ux * ux;
-          a_uxuy += kw * ux * uy;
-          a_uyuy += kw * uy * uy;
-        }
-      }
-    }
-  }
-  for (int c = 0; c < C; ++c) grad_value[c] = lane_sum<acc_t>(kC > 0 ? a_gv[c] : a_gv_dyn[c]);
-  sums.k_density = lane_sum<acc_t>(a_kd);
-  sums.kw = lane_sum<acc_t>(a_kw);
-  sums.kw_ux = lane_sum<acc_t>(a_ux);
-  sums.kw_uy = lane_sum<acc_t>(a_uy);
-  sums.kw_uxux = lane_sum<acc_t>(a_uxux);
-  sums.kw_uxuy = lane_sum<acc_t>(a_uxuy);
-  sums.kw_uyuy = lane_sum<acc_t>(a_uyuy);
-}
-
-template <typename scalar_t, int kC>
-void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
-                   const at::Tensor& image, const at::Tensor& weight_map, const at::Tensor& points,
-                   const at::Tensor& values, const at::Tensor& cov3, const at::Tensor& weights,
-                   double cutoff, const std::array<bool, 4>& need, at::Tensor& g_points,
-                   at::Tensor& g_values, at::Tensor& g_cov3, at::Tensor& g_weights) {
-  using acc_t = acc_type<scalar_t>;
-  const int64_t batch = points.size(0), n = points.size(1), C = values.size(2);
-  const int64_t height = image.size(2), width = image.size(3), hw = height * width;
-  const int64_t pitch = width + kLanes, plane = height * pitch + kLanes;
-
-  // Per-pixel maps [B, C + 1, plane]: G = g / W and s = <g, v> / W - dL/dW (G = 0 and
-  // s = -dL/dW where W == 0), rows of `pitch` columns, zero in the padding. The extra kLanes at
-  // the end of each plane keep the planes off the same cache sets.
-  // Left uninitialised: the loop below writes every column, padding included.
-  std::unique_ptr<acc_t[]> pixel_map(new acc_t[size_t(batch) * (C + 1) * plane]);
-  {
-    const scalar_t* gi = grad_image.data_ptr<scalar_t>();
-    const scalar_t* gw = grad_weight ? grad_weight->data_ptr<scalar_t>() : nullptr;
-    const scalar_t* img = image.data_ptr<scalar_t>();
-    const acc_t* wm = weight_map.data_ptr<acc_t>();  // the accumulation type
-    at::parallel_for(0, batch * height, 16, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> inv(width), s(width);
-      for (int64_t by = begin; by < end; ++by) {
-        const int64_t b = by / height, y = by % height;
-        const acc_t* wrow = wm + by * width;
-        for (int64_t x = 0; x < width; ++x) {
-          const acc_t total = acc_t(wrow[x]);
-          inv[x] = total > acc_t(0) ? acc_t(1) / total : acc_t(0);
-          s[x] = acc_t(0);
-        }
-        acc_t* map = &pixel_map[size_t(b) * (C + 1) * plane + y * pitch];
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* grow = gi + ((b * C + c) * height + y) * width;
-          const scalar_t* vrow = img + ((b * C + c) * height + y) * width;
-          acc_t* out = map + c * plane;
-          for (int64_t x = 0; x < width; ++x) {
-            const acc_t g = acc_t(grow[x]) * inv[x];
-            out[x] = g;
-            s[x] += g * acc_t(vrow[x]);
-          }
-          std::fill(out + width, out + pitch, acc_t(0));
-        }
-        acc_t* out = map + C * plane;
-        for (int64_t x = 0; x < width; ++x) {
-          out[x] = s[x] - (gw ? acc_t(gw[by * width + x]) : acc_t(0));
-        }
-        std::fill(out + width, out + pitch, acc_t(0));
-      }
-    });
-  }
-
-  const scalar_t* pts = points.data_ptr<scalar_t>();
-  const scalar_t* val = values.data_ptr<scalar_t>();
-  const scalar_t* cov = cov3.data_ptr<scalar_t>();
-  const scalar_t* wts = weights.data_ptr<scalar_t>();
-  scalar_t* gp = g_points.data_ptr<scalar_t>();
-  scalar_t* gv = g_values.data_ptr<scalar_t>();
-  scalar_t* gc = g_cov3.data_ptr<scalar_t>();
-  scalar_t* ga = g_weights.data_ptr<scalar_t>();
-
-  // Visit points in spatial order so that neighbouring work reads neighbouring pixels. Each point
-  // is handled by exactly one thread: no atomics. Points whose box misses the raster keep the
-  // zero gradients they were allocated with.
-  std::vector<int64_t> boxes;
-  const std::vector<int64_t> order =
-      spatial_order(pts, cov, batch, n, height, width, cutoff, boxes);
-
-  at::parallel_for(0, int64_t(order.size()), 256, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> ex_buf, ey_buf;
-    acc_t cval[kC > 0 ? kC : 1];
-    std::vector<acc_t> cval_dyn(kC > 0 ? 0 : C), gval(C);
-    for (int64_t o = begin; o < end; ++o) {
-      const int64_t bi = order[o], b = bi / n;
-      if (o + 8 < end) {  // the inputs of points in spatial order are scattered in memory
-        const int64_t next = order[o + 8];
-        __builtin_prefetch(pts + 2 * next);
-        __builtin_prefetch(cov + 3 * next);
-        __builtin_prefetch(wts + next);
-        __builtin_prefetch(val + C * next);
-      }
-      const scalar_t* p = pts + 2 * bi;
-      const scalar_t* cv = cov + 3 * bi;
-      const Gaussian<acc_t> g = make_gaussian<acc_t>(acc_t(p[0]), acc_t(p[1]), acc_t(cv[0]),
-                                                     acc_t(cv[1]), acc_t(cv[2]), acc_t(wts[bi]),
-                                                     acc_t(cutoff));
-      const int64_t x0 = boxes[4 * bi], x1 = boxes[4 * bi + 1];
-      const int64_t y0 = boxes[4 * bi + 2], y1 = boxes[4 * bi + 3];
-      acc_t* value = kC > 0 ? cval : cval_dyn.data();
-      for (int64_t c = 0; c < C; ++c) value[c] = acc_t(val[bi * C + c]);
-      PointGradSums<acc_t> sums;
-      std::fill(gval.begin(), gval.end(), acc_t(0));
-      gather_point<acc_t, kC>(g, acc_t(wts[bi]), value, int(C), x0, x1, y0, y1,
-                              &pixel_map[size_t(b) * (C + 1) * plane], plane, pitch, ex_buf, ey_buf,
-                              need, gval.data(), sums);
-      for (int64_t c = 0; c < C; ++c) gv[bi * C + c] = scalar_t(gval[c]);
-      gp[2 * bi] = scalar_t(sums.kw_ux);
-      gp[2 * bi + 1] = scalar_t(sums.kw_uy);
-      acc_t g_sxx, g_sxy, g_syy;
-      cov_gradient(g, sums, g_sxx, g_sxy, g_syy);
-      gc[3 * bi] = scalar_t(g_sxx);
-      gc[3 * bi + 1] = scalar_t(g_sxy);
-      gc[3 * bi + 2] = scalar_t(g_syy);
-      ga[bi] = scalar_t(sums.k_density);
-    }
-  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_backward_cpu(
@@ -487,11 +216,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_backward_cpu(
   auto g_points = at::zeros_like(in.points), g_values = at::zeros_like(in.values),
        g_cov3 = at::zeros_like(in.cov3), g_weights = at::zeros_like(in.weights);
   const at::Tensor* gw_ptr = t.grad_weight.defined() ? &t.grad_weight : nullptr;
+  const Isa isa = chosen_isa();
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "gmm_backward_cpu", [&] {
     dispatch_channels(values.size(2), [&](auto kc) {
-      backward_impl<scalar_t, decltype(kc)::value>(
-          t.grad_image, gw_ptr, t.image, t.weight_map, in.points, in.values, in.cov3, in.weights,
-          cutoff, output_mask, g_points, g_values, g_cov3, g_weights);
+      with_variant(isa, [&](auto kernels) {
+        decltype(kernels)::template backward<scalar_t, decltype(kc)::value>(
+            t.grad_image, gw_ptr, t.image, t.weight_map, in.points, in.values, in.cov3,
+            in.weights, cutoff, output_mask, g_points, g_values, g_cov3, g_weights);
+      });
     });
   });
   return {g_points, g_values, g_cov3, g_weights};
@@ -505,3 +237,17 @@ TORCH_LIBRARY_IMPL(nuir, CPU, m) {
 }
 
 }  // namespace nuir
+
+// For nuir/_backend.py (through ctypes): the variant the kernels run now, or nullptr where
+// NUIR_CPU_ISA names none that runs here; and the variants that run here, best last.
+extern "C" __attribute__((visibility("default"))) const char* nuir_cpu_isa() {
+  try {
+    return nuir::kIsaNames[int(nuir::chosen_isa())];
+  } catch (const std::exception&) {
+    return nullptr;
+  }
+}
+extern "C" __attribute__((visibility("default"))) const char* nuir_cpu_isas() {
+  static const std::string names = nuir::runnable_names();
+  return names.c_str();
+}

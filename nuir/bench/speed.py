@@ -206,9 +206,15 @@ def main(argv: list[str] | None = None) -> int:
         CLOCK = time.process_time
 
     import nuir
+    from nuir import _backend
 
     print(f"machine: {machine_name()}")
     print(f"backend: {nuir.backend_name()}")
+    if _backend.cpu_isa() is not None:
+        print(
+            f"CPU kernels: {_backend.cpu_isa()} (runs here: {' '.join(_backend.cpu_isas())}; "
+            f"NUIR_CPU_ISA picks), compiled with {' '.join(_backend.CXX_FLAGS)}"
+        )
     print(
         f"N = H*W/{args.density} random points, sigma {args.sigma}, cutoff 3, C = {args.channels}, "
         f"float32; medians of {args.repeats} runs (reference and griddata: fewer); "
