@@ -10,7 +10,8 @@
 // ("baseline": the portable flags of nuir/_backend.py, 16-byte registers), and with GCC on x86-64
 // also for x86-64-v3 ("avx2") and x86-64-v4 ("avx512"). Each call runs the best variant this CPU
 // supports, or the one NUIR_CPU_ISA names. Every variant does the same operations in the same
-// order on every lane, so all give the same bits (-ffp-contract=off: no fused multiply-adds).
+// order on every lane: avx2 and avx512 give the same bits; the baseline, without fused
+// multiply-adds, differs from them in the last bits.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
