@@ -3,6 +3,7 @@ the reference; and CUDA tensors that the compiled kernels do not cover raise a c
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,17 +32,42 @@ def loaded_library() -> str:
     return paths[0]
 
 
-def test_a_prebuilt_module_is_loaded_without_building(compiled, fresh_state, monkeypatch):
-    library = loaded_library()
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: SimpleNamespace(origin=library))
+def test_an_installed_module_is_loaded_and_used_without_building(compiled, tmp_path):
+    """A real nuir._C inside the package (here the library this session built, copied there; CI
+    also installs nuir from its sdist in a fresh venv: .ci/check_installed.py) is loaded in a
+    fresh process: nothing is built, and the op gives the reference's answer."""
+    package_dir = tmp_path / "package"
+    package_dir.mkdir()
+    shutil.copy(loaded_library(), package_dir / "_C.so")
+    extensions = tmp_path / "ext"
+    script = (
+        "import sys, torch, nuir\n"
+        "from nuir import _backend, reference\n"
+        f"nuir.__path__.append({str(package_dir)!r})  # where pip install . puts nuir._C\n"
+        "p, v = torch.rand(300, 2) * 40, torch.rand(300, 3)\n"
+        "got = nuir.interpolate(p, v, (40, 40), 1.5)\n"
+        "want = reference.interpolate(p.double(), v.double(), (40, 40), 1.5)\n"
+        "torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-5)\n"
+        "print(nuir.backend_name(), _backend._state['library'], _backend.cpu_isa(), sep='|')\n"
+    )
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(extensions), NUIR_BACKEND="compiled")
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    name, library, isa = out.stdout.strip().split("|")
+    assert name == "compiled (cpu, prebuilt)" and library == str(package_dir / "_C.so")
+    assert isa == _backend.cpu_isas()[-1]
+    assert not extensions.exists()  # no JIT build
 
-    def no_build(*args, **kwargs):
-        raise AssertionError("built although a prebuilt module is there")
 
-    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_build)
-    assert _backend.compiled_available()
-    assert fresh_state["origin"] == "prebuilt"
-    assert _backend.backend_name() == "compiled (cpu, prebuilt)"
+def test_every_build_targets_a_portable_baseline():
+    """No -march=native: a wheel or a shared JIT cache must run on other CPUs of the
+    architecture (the x86-64 kernels add AVX2 and AVX-512 variants chosen at run time)."""
+    assert not any("native" in flag for flag in _backend.CXX_FLAGS)
+    assert _backend.target_flags("x86_64") == ["-march=x86-64"]
+    assert _backend.target_flags("aarch64") == ["-march=armv8-a"]
+    assert _backend.target_flags("riscv64") == []
 
 
 def test_a_prebuilt_module_that_does_not_load_is_built_again(
