@@ -6,111 +6,22 @@
 // Backward: one pass over the pixels makes g/W and <g, v>/W - dL/dW; then every point gathers over
 // the pixels of its cutoff box (points in parallel), again without atomics.
 //
-// The loops (gmm_cpu_kernels.h) are compiled once per instruction set: for the build's target
-// ("baseline": the portable flags of nuir/_backend.py, 16-byte registers), and with GCC on x86-64
-// also for x86-64-v3 ("avx2") and x86-64-v4 ("avx512"). Each call runs the best variant this CPU
-// supports, or the one NUIR_CPU_ISA names. Every variant does the same operations in the same
+// The loops (gmm_cpu_kernels.h) are compiled once per instruction set, each in a file of its own
+// (gmm_cpu_<isa>.cpp): for the build's target ("baseline": the portable flags of nuir/_backend.py,
+// 16-byte registers), and with GCC on x86-64 also for x86-64-v3 ("avx2") and x86-64-v4
+// ("avx512"). Each call runs the best variant this CPU supports, or the one NUIR_CPU_ISA names. Every variant does the same operations in the same
 // order on every lane: avx2 and avx512 give the same bits; the baseline, without fused
 // multiply-adds, differs from them in the last bits.
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <array>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <memory>
 #include <string>
-#include <vector>
 
-#include "gmm_math.h"
-#include "op_common.h"
-
-namespace nuir {
-namespace {
-
-// Bands are kLanes rows high; every inner loop runs over kLanes lanes of one row, a fixed trip
-// count that compiles to whole vector registers.
-constexpr int64_t kLanes = 16;
-
-// Points whose cutoff box meets the raster (batch-flat indices), in the order of the
-// kLanes x kLanes tile where the box starts; stable, so equal keys keep the point order.
-// Working through points in this order keeps both passes' memory accesses local.
-// `boxes` [B * N, 4] receives every point's box (x0, x1, y0, y1).
-template <typename scalar_t>
-std::vector<int64_t> spatial_order(const scalar_t* points, const scalar_t* cov3, int64_t batch,
-                                   int64_t n, int64_t height, int64_t width, double cutoff,
-                                   std::vector<int64_t>& boxes) {
-  const int64_t tiles_x = (width + kLanes - 1) / kLanes, tiles_y = (height + kLanes - 1) / kLanes;
-  const int64_t total = batch * n;
-  boxes.resize(4 * total);
-  std::vector<int64_t> key(total);
-  at::parallel_for(0, total, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const scalar_t* p = points + 2 * i;
-      const scalar_t* c = cov3 + 3 * i;
-      int64_t* bx = &boxes[4 * i];
-      const bool reached = cutoff_box(double(p[0]), double(p[1]), double(c[0]), double(c[1]),
-                                      double(c[2]), cutoff, height, width, bx[0], bx[1], bx[2],
-                                      bx[3]);
-      key[i] = reached ? ((i / n) * tiles_y + bx[2] / kLanes) * tiles_x + bx[0] / kLanes : -1;
-    }
-  });
-  std::vector<int64_t> start(batch * tiles_x * tiles_y + 1, 0);
-  for (int64_t i = 0; i < total; ++i)
-    if (key[i] >= 0) ++start[key[i] + 1];
-  for (size_t t = 1; t < start.size(); ++t) start[t] += start[t - 1];
-  std::vector<int64_t> order(start.back());
-  for (int64_t i = 0; i < total; ++i)
-    if (key[i] >= 0) order[start[key[i]]++] = i;
-  return order;
-}
-
-}  // namespace
-}  // namespace nuir
-
-// The kernels for each instruction set, in namespaces of their own. Everything above was compiled
-// for the baseline target: a variant calls it (or inlines it), never the other way round.
-#define NUIR_SIMD_BYTES 16
-namespace nuir::isa_baseline {
-namespace {
-#include "gmm_cpu_kernels.h"
-}  // namespace
-}  // namespace nuir::isa_baseline
-#undef NUIR_SIMD_BYTES
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define NUIR_CPU_DISPATCH 1
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v3")
-#define NUIR_SIMD_BYTES 32
-namespace nuir::isa_avx2 {
-namespace {
-#include "gmm_cpu_kernels.h"
-}  // namespace
-}  // namespace nuir::isa_avx2
-#undef NUIR_SIMD_BYTES
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4")
-#define NUIR_SIMD_BYTES 64
-namespace nuir::isa_avx512 {
-namespace {
-#include "gmm_cpu_kernels.h"
-}  // namespace
-}  // namespace nuir::isa_avx512
-#undef NUIR_SIMD_BYTES
-#pragma GCC pop_options
-#else
-#define NUIR_CPU_DISPATCH 0
-#endif
+#include "gmm_cpu_variant.h"
 
 namespace nuir {
 namespace {
@@ -164,18 +75,16 @@ Isa chosen_isa() {
   return Isa::kBaseline;
 }
 
-// fn(Kernels{}) with the Kernels of variant `isa` (gmm_cpu_kernels.h).
-template <typename Fn>
-void with_variant(Isa isa, Fn&& fn) {
+const CpuKernels& kernels_of(Isa isa) {
   switch (isa) {
 #if NUIR_CPU_DISPATCH
     case Isa::kAvx512:
-      return fn(isa_avx512::Kernels{});
+      return isa_avx512::kKernels;
     case Isa::kAvx2:
-      return fn(isa_avx2::Kernels{});
+      return isa_avx2::kKernels;
 #endif
     default:
-      return fn(isa_baseline::Kernels{});
+      return isa_baseline::kKernels;
   }
 }
 
@@ -191,15 +100,12 @@ std::tuple<at::Tensor, at::Tensor> gmm_forward_cpu(const at::Tensor& points,
   const int64_t batch = points.size(0), channels = values.size(2);
   auto image = at::empty({batch, channels, height, width}, in.values.options());
   auto weight_map = at::empty({batch, height, width}, in.values.options());
-  const Isa isa = chosen_isa();
-  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "gmm_forward_cpu", [&] {
-    dispatch_channels(channels, [&](auto kc) {
-      with_variant(isa, [&](auto kernels) {
-        decltype(kernels)::template forward<scalar_t, decltype(kc)::value>(
-            in.points, in.values, in.cov3, in.weights, height, width, cutoff, fill, image,
-            weight_map);
-      });
-    });
+  const CpuKernels& kernels = kernels_of(chosen_isa());
+  const int precision = in.points.scalar_type() == at::kDouble;  // float32 or float64 (checked)
+  dispatch_channels(channels, [&](auto kc) {
+    kernels.forward[precision][channel_slot(decltype(kc)::value)](
+        in.points, in.values, in.cov3, in.weights, height, width, cutoff, fill, image,
+        weight_map);
   });
   return {image, weight_map};
 }
@@ -217,15 +123,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gmm_backward_cpu(
   auto g_points = at::zeros_like(in.points), g_values = at::zeros_like(in.values),
        g_cov3 = at::zeros_like(in.cov3), g_weights = at::zeros_like(in.weights);
   const at::Tensor* gw_ptr = t.grad_weight.defined() ? &t.grad_weight : nullptr;
-  const Isa isa = chosen_isa();
-  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "gmm_backward_cpu", [&] {
-    dispatch_channels(values.size(2), [&](auto kc) {
-      with_variant(isa, [&](auto kernels) {
-        decltype(kernels)::template backward<scalar_t, decltype(kc)::value>(
-            t.grad_image, gw_ptr, t.image, t.weight_map, in.points, in.values, in.cov3,
-            in.weights, cutoff, output_mask, g_points, g_values, g_cov3, g_weights);
-      });
-    });
+  const CpuKernels& kernels = kernels_of(chosen_isa());
+  const int precision = in.points.scalar_type() == at::kDouble;
+  dispatch_channels(values.size(2), [&](auto kc) {
+    kernels.backward[precision][channel_slot(decltype(kc)::value)](
+        t.grad_image, gw_ptr, t.image, t.weight_map, in.points, in.values, in.cov3, in.weights,
+        cutoff, output_mask, g_points, g_values, g_cov3, g_weights);
   });
   return {g_points, g_values, g_cov3, g_weights};
 }

@@ -1,14 +1,20 @@
-// The CPU kernels' loops, compiled once per instruction set: gmm_cpu.cpp includes this file
-// several times, each time inside a namespace of its own, under a `#pragma GCC target` and with
-// NUIR_SIMD_BYTES set to that instruction set's vector register width. It includes nothing and
-// has no include guard; kLanes, spatial_order and the maths of gmm_math.h come from gmm_cpu.cpp.
+// The CPU kernels' loops, compiled once per instruction set: gmm_cpu_<isa>.cpp includes this
+// file inside namespace nuir::isa_<isa>, after gmm_cpu_variant.h (the headers) and, for a SIMD
+// variant, under a `#pragma GCC target`, with NUIR_SIMD_BYTES the register width. It includes
+// nothing and has no include guard; it defines this variant's kKernels (gmm_cpu_variant.h).
 //
 // kLanes (16) values of one row are held as kLanes / (lanes per register) native registers and
 // every operation runs register by register. GCC's vector extension would take a 16-float vector
 // directly, but for a vector wider than the target's registers it lowers comparisons and `?:`
-// lane by lane, with a branch per lane, and builds broadcasts on the stack: the AVX2 build of the
-// former 64-byte vectors ran 3-4x slower than the AVX-512 one (docs/speed.md).
-// Every lane sees the same operations in the same order in every variant.
+// lane by lane and moves lanes through the stack: the AVX2 build of the former 64-byte vectors
+// ran 4-6x slower than the AVX-512 one (docs/speed.md). Every lane sees the same operations in
+// the same order in every variant.
+
+namespace {
+
+// Bands are kLanes rows high; every inner loop runs over kLanes lanes of one row, a fixed trip
+// count that compiles to whole vector registers.
+constexpr int64_t kLanes = 16;
 
 // kLanes values of T: the lanes of one row.
 template <typename T>
@@ -171,6 +177,39 @@ inline vec<double> exp_lanes(const vec<double>& x) {
   store(lanes, x);
   for (int64_t j = 0; j < kLanes; ++j) lanes[j] = std::exp(lanes[j]);
   return load(lanes);
+}
+
+// Points whose cutoff box meets the raster (batch-flat indices), in the order of the
+// kLanes x kLanes tile where the box starts; stable, so equal keys keep the point order.
+// Working through points in this order keeps both passes' memory accesses local.
+// `boxes` [B * N, 4] receives every point's box (x0, x1, y0, y1).
+template <typename scalar_t>
+std::vector<int64_t> spatial_order(const scalar_t* points, const scalar_t* cov3, int64_t batch,
+                                   int64_t n, int64_t height, int64_t width, double cutoff,
+                                   std::vector<int64_t>& boxes) {
+  const int64_t tiles_x = (width + kLanes - 1) / kLanes, tiles_y = (height + kLanes - 1) / kLanes;
+  const int64_t total = batch * n;
+  boxes.resize(4 * total);
+  std::vector<int64_t> key(total);
+  at::parallel_for(0, total, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const scalar_t* p = points + 2 * i;
+      const scalar_t* c = cov3 + 3 * i;
+      int64_t* bx = &boxes[4 * i];
+      const bool reached = cutoff_box(double(p[0]), double(p[1]), double(c[0]), double(c[1]),
+                                      double(c[2]), cutoff, height, width, bx[0], bx[1], bx[2],
+                                      bx[3]);
+      key[i] = reached ? ((i / n) * tiles_y + bx[2] / kLanes) * tiles_x + bx[0] / kLanes : -1;
+    }
+  });
+  std::vector<int64_t> start(batch * tiles_x * tiles_y + 1, 0);
+  for (int64_t i = 0; i < total; ++i)
+    if (key[i] >= 0) ++start[key[i] + 1];
+  for (size_t t = 1; t < start.size(); ++t) start[t] += start[t - 1];
+  std::vector<int64_t> order(start.back());
+  for (int64_t i = 0; i < total; ++i)
+    if (key[i] >= 0) order[start[key[i]]++] = i;
+  return order;
 }
 
 // Accumulates one point into a band buffer acc [(C + 1), kLanes, pitch]: the C numerator planes,
@@ -503,14 +542,16 @@ void backward_impl(const at::Tensor& grad_image, const at::Tensor* grad_weight,
   });
 }
 
-// This variant's entry points, for the dispatch in gmm_cpu.cpp.
-struct Kernels {
-  template <typename scalar_t, int kC, typename... Args>
-  static void forward(Args&&... args) {
-    forward_impl<scalar_t, kC>(std::forward<Args>(args)...);
-  }
-  template <typename scalar_t, int kC, typename... Args>
-  static void backward(Args&&... args) {
-    backward_impl<scalar_t, kC>(std::forward<Args>(args)...);
-  }
+}  // namespace
+
+// This variant's entry points, by precision and channel slot (gmm_cpu_variant.h).
+const CpuKernels kKernels = {
+    {{forward_impl<float, 1>, forward_impl<float, 3>, forward_impl<float, 4>,
+      forward_impl<float, 0>},
+     {forward_impl<double, 1>, forward_impl<double, 3>, forward_impl<double, 4>,
+      forward_impl<double, 0>}},
+    {{backward_impl<float, 1>, backward_impl<float, 3>, backward_impl<float, 4>,
+      backward_impl<float, 0>},
+     {backward_impl<double, 1>, backward_impl<double, 3>, backward_impl<double, 4>,
+      backward_impl<double, 0>}},
 };
