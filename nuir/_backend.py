@@ -6,7 +6,8 @@ Order: the extension built at install time (``nuir._C``, by ``pip install .``), 
 import time: the first call of the operator does it. CUDA tensors never fall back to the
 reference (about 100x slower there): without CUDA kernels they raise an error that says why.
 ``NUIR_BACKEND=reference`` forces the reference, ``NUIR_BACKEND=compiled`` turns a failed build
-into an error.
+into an error. Both builds use the same portable flags (target_flags); ``NUIR_CPU_ISA`` picks the
+instruction set of the CPU kernels (cpu_isa).
 """
 
 from __future__ import annotations

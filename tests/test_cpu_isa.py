@@ -159,3 +159,18 @@ def test_the_speed_benchmark_names_the_instruction_set(compiled, capsys):
     header = next(line for line in capsys.readouterr().out.splitlines() if "CPU kernels:" in line)
     assert header.startswith(f"CPU kernels: {_backend.cpu_isa()} (runs here: ")
     assert " ".join(_backend.CXX_FLAGS) in header
+
+
+def test_the_isa_benchmark_times_every_variant_against_the_best(compiled, capsys):
+    from nuir.bench import isa as isa_bench
+
+    assert isa_bench.main(["--sizes", "16", "--rounds", "1", "--repeats", "1"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line.split() for line in printed.splitlines() if line.strip().startswith("16 ")]
+    assert [r[1] for r in rows] == _backend.cpu_isas()
+    assert rows[-1][3] == rows[-1][5] == "1.00"  # the best variant against itself
+    times = {(16, name, op): [t] for name in ISAS for op, t in (("fwd", 2.0), ("bwd", 6.0))}
+    times[(16, "avx512", "fwd")] = [1.0, 0.5, 1.5]  # the median, 1.0
+    rows = isa_bench.table(times, [16], ISAS)
+    assert [r["fwd_over_best"] for r in rows] == [2.0, 2.0, 1.0]
+    assert [r["bwd_over_best"] for r in rows] == [1.0, 1.0, 1.0]
