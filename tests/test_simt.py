@@ -8,6 +8,8 @@ checks one case's results. The run fails on any emulator or sanitizer report.
 
 from __future__ import annotations
 
+import copy
+import fcntl
 import math
 import os
 import subprocess
@@ -24,30 +26,90 @@ from nuir._validate import prepare
 
 SIMT = Path(__file__).resolve().parent / "simt"
 SANITIZERS = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all"]
+# -O0 builds in two thirds of -O1's time, for a third more run time.
+CFLAGS = ["-std=c++20", "-fPIC", "-O0", "-g1", "-Wno-unknown-pragmas", "-Wno-psabi", *SANITIZERS]
+# The emulated kernels: ASan checks each load and store with a call, which the link hands to
+# simt.cpp's hooks (races on global memory are reported; a store yields).
+HOOKED = ["--param", "asan-instrumentation-with-call-threshold=0"]
+WRAPS = [f"-Wl,--wrap=__asan_{op}{n}" for op in ("load", "store") for n in "1 2 4 8 16 N".split()]
 RTOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 ALL_MASKS = [[bool(m >> k & 1) for k in range(4)] for m in range(16)]
 FULL = [[True] * 4]
+# The schedules every emulated case runs under: (seed, resident blocks).
+SCHEDULES = [(1, 4), (2, 2)]
+
+
+def build_folder() -> Path:
+    """Where the harness is built (as torch builds its extensions: TORCH_EXTENSIONS_DIR)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / "nuir_simt"
+
+
+def ninja_path(path: Path) -> str:
+    return str(path).replace("$", "$$").replace(" ", "$ ").replace(":", "$:")
+
+
+def build(objects: dict, programs: dict) -> Path:
+    """Builds, with ninja, in build_folder() (kept: only what changed is built again), the objects
+    {name: (source, extra compiler flags)} and the programs {name: [object names]}; returns the
+    folder. The harness's own objects are always in the build file, so programs may use them."""
+    from torch.utils.cpp_extension import (
+        include_paths,
+        library_paths,
+        verify_ninja_availability,
+    )
+
+    verify_ninja_availability()
+    csrc = source_dir()
+    objects = (
+        {
+            "harness": (SIMT / "harness.cpp", []),
+            "simt": (SIMT / "simt.cpp", ["-O2"]),  # the scheduler: 1/3 of the run time at -O0
+            "emulated_forward": (SIMT / "emulated_forward.cpp", HOOKED),
+            "emulated_backward": (SIMT / "emulated_backward.cpp", HOOKED),
+            "nuir": (csrc / "nuir.cpp", []),
+        }
+        | {f"cpu_{path.stem}": (path, []) for path in cpu_sources()}
+        | objects
+    )
+    includes = [f"-I{csrc}", f"-I{SIMT}"] + [f"-isystem {p}" for p in include_paths()]
+    libraries = [f"-L{p} -Wl,-rpath,{p}" for p in library_paths()] + ["-lc10 -ltorch_cpu -ltorch"]
+    compiler = os.environ.get("CXX", "c++")
+    lines = [
+        f"cflags = {' '.join(includes + CFLAGS)}",
+        f"ldflags = {' '.join(SANITIZERS + WRAPS + libraries)}",
+        "rule compile",
+        f"  command = {compiler} -MMD -MF $out.d $cflags $extra -c $in -o $out",
+        "  depfile = $out.d",
+        "  deps = gcc",
+        "rule link",
+        f"  command = {compiler} $in $ldflags -o $out",
+    ]
+    for name, (source, extra) in objects.items():
+        lines += [f"build {name}.o: compile {ninja_path(source)}", f"  extra = {' '.join(extra)}"]
+    for name, parts in programs.items():
+        lines.append(f"build {name}: link {' '.join(f'{part}.o' for part in parts)}")
+    folder = build_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time in the folder
+        (folder / "build.ninja").write_text("\n".join(lines) + "\n")
+        run = subprocess.run(["ninja", *programs], cwd=folder, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"building the SIMT harness failed:\n{run.stdout[-6000:]}")
+    return folder
+
+
+def cpu_sources() -> list[Path]:
+    return sorted((source_dir() / "cpu").glob("*.cpp"))
 
 
 def build_harness() -> str:
-    """The harness program, built with ninja by torch's extension builder (cached)."""
-    from torch.utils.cpp_extension import load
-
-    csrc = source_dir()
-    sources = [SIMT / f for f in ("harness.cpp", "emulated_forward.cpp", "emulated_backward.cpp")]
-    sources += [csrc / "nuir.cpp", csrc / "cpu" / "gmm_cpu.cpp"]
-    return load(
-        name="nuir_simt",
-        sources=[str(s) for s in sources],
-        # -O0 builds in two thirds of -O1's time, for a third more run time.
-        extra_cflags=["-O0", "-g1", "-march=native", "-Wno-unknown-pragmas", "-Wno-psabi"]
-        + SANITIZERS,
-        extra_ldflags=list(SANITIZERS),  # a copy: load() appends to the list it is given
-        extra_include_paths=[str(csrc), str(SIMT)],
-        is_python_module=False,
-        is_standalone=True,
-        verbose=os.environ.get("NUIR_VERBOSE_BUILD", "") == "1",
-    )
+    """The harness program: emulated ops and the CPU kernel, with ASan and UBSan."""
+    parts = ["harness", "simt", "emulated_forward", "emulated_backward", "nuir"]
+    parts += [f"cpu_{path.stem}" for path in cpu_sources()]
+    return str(build({}, {"nuir_simt": parts}) / "nuir_simt")
 
 
 @dataclass
@@ -65,8 +127,12 @@ class Case:
     masks: list = field(default_factory=lambda: FULL)
     fill: float = 0.25
     grad_weight: bool = True  # also a gradient on the weight map
-    check: str = "reference"  # how test_case judges the results; see there
+    check: str = "reference"  # how check_case judges the results; see there
+    twin: str | None = None  # check "half": the name of its float32 twin
     backward_inputs: tuple | None = None  # (image, weight) for the backward instead of its own
+    schedule: tuple[int, int] = SCHEDULES[0]  # the emulator's (seed, resident blocks)
+    # reference_outputs by `keep`, shared with the case's copies under other schedules
+    references: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         g = torch.Generator().manual_seed(len(self.name))
@@ -83,6 +149,8 @@ class Case:
         return given | {
             "name": self.name,
             "op": self.op,
+            "seed": self.schedule[0],
+            "resident": self.schedule[1],
             "points": self.points,
             "values": self.values,
             "cov3": self.cov3,
@@ -220,6 +288,7 @@ def half_cases() -> list[Case]:
         image, weight = reference.interpolate_cov3(*(t.double() for t in twin), 30, 40, math.inf, 0)
         name = str(dtype)[6:]
         half = Case(f"half-{name}", "emulated", *rounded, (30, 40), math.inf, check="half")
+        half.twin = f"half-{name}-twin"
         # Small loss gradients keep the weights' gradients (which grow as 1 / weight) in range.
         half.grad_image = (0.1 * half.grad_image).to(dtype).double()
         half.grad_weight_map = (0.1 * half.grad_weight_map).to(dtype).double()
@@ -231,16 +300,45 @@ def half_cases() -> list[Case]:
     return cases
 
 
+def under_schedule(case: Case, seed: int, resident: int) -> Case:
+    """The emulated case again, under another schedule (the same inputs)."""
+    again = copy.copy(case)
+    again.name, again.schedule = f"{case.name}-seed{seed}", (seed, resident)
+    if case.twin is not None:
+        again.twin = f"{case.twin}-seed{seed}"
+    return again
+
+
 def all_cases() -> list[Case]:
     cases = []
     for op in ("emulated", "cpu"):
         cases += matrix_cases(op, torch.float64) + matrix_cases(op, torch.float32)
         cases += [far_outside(op), no_points(op), bad_points(op), *bad_cutoffs(op)]
         cases.append(bad_points(op, torch.float32))
-    return cases + half_cases()
+    cases += half_cases()
+    emulated = [c for c in cases if c.op == "emulated"]
+    return cases + [under_schedule(c, *schedule) for schedule in SCHEDULES[1:] for c in emulated]
 
 
 CASES = {c.name: c for c in all_cases()}
+
+
+def start_harness(program: str, cases: list[Case], folder: Path, tag: str) -> tuple:
+    """Starts `program` on `cases` (files in `folder`, named with `tag`); see finish_harness."""
+    torch.save([c.payload() for c in cases], folder / f"cases-{tag}.pt")
+    command = [program, str(folder / f"cases-{tag}.pt"), str(folder / f"results-{tag}.pt")]
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="print_stacktrace=1")
+    return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True), cases, folder, tag
+
+
+def finish_harness(started: tuple) -> dict:
+    """The results of a started harness by case name; fails on any emulator or sanitizer
+    report."""
+    run, cases, folder, tag = started
+    _, stderr = run.communicate(timeout=600)
+    check_clean(run.returncode, stderr)
+    results = torch.load(folder / f"results-{tag}.pt", weights_only=False)
+    return {case.name: result for case, result in zip(cases, results)}
 
 
 @pytest.fixture(scope="module")
@@ -249,19 +347,10 @@ def results(tmp_path_factory) -> dict:
     emulator or sanitizer report."""
     program = build_harness()
     folder = tmp_path_factory.mktemp("simt")
-    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="print_stacktrace=1")
-    shares = [list(CASES.values())[k::2] for k in range(2)]
-    runs = []
-    for k, share in enumerate(shares):
-        torch.save([c.payload() for c in share], folder / f"cases{k}.pt")
-        command = [program, str(folder / f"cases{k}.pt"), str(folder / f"results{k}.pt")]
-        runs.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True))
+    runs = [start_harness(program, list(CASES.values())[k::2], folder, str(k)) for k in range(2)]
     out = {}
-    for k, (share, run) in enumerate(zip(shares, runs)):
-        _, stderr = run.communicate(timeout=600)
-        check_clean(run.returncode, stderr)
-        results = torch.load(folder / f"results{k}.pt", weights_only=False)
-        out.update({case.name: result for case, result in zip(share, results)})
+    for run in runs:
+        out.update(finish_harness(run))
     return out
 
 
@@ -281,6 +370,13 @@ def reference_outputs(case: Case, keep: torch.Tensor | None = None) -> list[torc
     """Image, weight map and the gradients of sum(image * grad_image + weight * grad_weight)
     for points, values, cov3 and weights, from the reference in float64 (over the points `keep`
     only, if given; the others get zero gradients)."""
+    key = None if keep is None else tuple(keep.tolist())
+    if key not in case.references:
+        case.references[key] = reference_computed(case, keep)
+    return case.references[key]
+
+
+def reference_computed(case: Case, keep: torch.Tensor | None) -> list[torch.Tensor]:
     leaves = [t.double().requires_grad_() for t in (case.points, case.values, case.cov3)]
     leaves.append(case.weights.double().requires_grad_())
     used = leaves if keep is None else [t[:, keep] for t in leaves]
@@ -306,9 +402,9 @@ def assert_matches(got, want, rtol):
             raise AssertionError(f"{name}: {error}") from None
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_case(results, name):
-    case, result = CASES[name], results[name]
+def check_case(case: Case, results: dict) -> None:
+    """Fails if the results of `case` (among `results`, by name) are not what they must be."""
+    result = results[case.name]
     if case.check == "error":
         assert "cutoff must be > 0" in result.get("error", ""), result
         return
@@ -323,7 +419,7 @@ def test_case(results, name):
     if case.check == "half":
         # float32 arithmetic, the twin's in the same order, and one rounding at the end.
         names = ["image", "weight", "grad points", "grad values", "grad cov3", "grad weights"]
-        twin = got_outputs(results[name + "-twin"])
+        twin = got_outputs(results[case.twin])
         for what, got, want in zip(names, got_outputs(result), twin):
             want = want.to(got.dtype)
             worst = (got.double() - want.double()).abs().max().item()
@@ -340,6 +436,11 @@ def test_case(results, name):
     for mask, grads in zip(case.masks, result["grads"]):
         for need, g, g_full in zip(mask, grads, full[2:]):
             assert torch.equal(g, g_full if need else torch.zeros_like(g_full)), (mask, need)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_case(results, name):
+    check_case(CASES[name], results)
 
 
 def test_harness_is_built_with_the_sanitizers():

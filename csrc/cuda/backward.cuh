@@ -348,7 +348,7 @@ template <typename scalar_t, typename acc_t, int kC>
 __global__ void __launch_bounds__(kBlockThreads)
     gather_big_points(Inputs<scalar_t, acc_t> in, Grads<scalar_t> out,
                       const int32_t* __restrict__ big_list, const int32_t* __restrict__ big_count) {
-  __shared__ acc_t scratch[kBlockWarps];
+  NUIR_SHARED(scratch, acc_t[kBlockWarps]);
   const int n_big = *big_count;
   for (int entry = blockIdx.x; entry < n_big; entry += gridDim.x) {
     const int64_t bi = big_list[entry];

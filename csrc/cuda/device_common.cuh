@@ -16,8 +16,16 @@
 #include <array>
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
+
+// NUIR_SHARED(name, type) declares `type name` in the block's shared memory, e.g.
+// NUIR_SHARED(scratch, float[8]). The SIMT emulator (tests/simt) defines it first: there each
+// block gets its own storage.
+#ifndef NUIR_SHARED
+#define NUIR_SHARED(name, ...) __shared__ ::std::type_identity_t<__VA_ARGS__> name
+#endif
 
 namespace nuir {
 namespace cuda_detail {

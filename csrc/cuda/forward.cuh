@@ -173,13 +173,13 @@ __global__ void __launch_bounds__(kThreads)
                  scalar_t* __restrict__ image, acc_t* __restrict__ weight_map) {
   constexpr int kCv = kC > 0 ? kC : 4;  // channels held in registers
   constexpr int kCapacity = kStage<acc_t>;
-  __shared__ PointParams<acc_t> staged[kCapacity];
-  __shared__ int4 staged_box[kCapacity];  // x0, x1, y0, y1
-  __shared__ acc_t staged_values[kCapacity][kCv];
-  __shared__ SeparableTables<acc_t> tables[kCapacity];
-  __shared__ int range_start[kMaxRanges];
-  __shared__ int range_prefix[kMaxRanges + 1];
-  __shared__ int warp_counts[kWarps];
+  NUIR_SHARED(staged, PointParams<acc_t>[kCapacity]);
+  NUIR_SHARED(staged_box, int4[kCapacity]);  // x0, x1, y0, y1
+  NUIR_SHARED(staged_values, acc_t[kCapacity][kCv]);
+  NUIR_SHARED(tables, SeparableTables<acc_t>[kCapacity]);
+  NUIR_SHARED(range_start, int[kMaxRanges]);
+  NUIR_SHARED(range_prefix, int[kMaxRanges + 1]);
+  NUIR_SHARED(warp_counts, int[kWarps]);
 
   const int64_t b = blockIdx.x / unsigned(n_tiles);
   const int tile = int(blockIdx.x % unsigned(n_tiles));

@@ -1,6 +1,6 @@
 // nuir::gmm_backward of csrc/cuda (kernels, launch sequence, op) on the SIMT emulator.
 #include "emulated_ops.h"
-#include "simt.h"  // before the CUDA headers: it stands in for the CUDA runtime
+#include "simt_backend.h"  // before the CUDA headers: it stands in for the CUDA runtime
 #include "cuda/backward.cuh"
 
 namespace harness {

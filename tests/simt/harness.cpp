@@ -1,7 +1,8 @@
 // Runs nuir's ops on cases read from a file and writes what they return (tests/test_simt.py):
 //   harness CASES RESULTS
 // CASES (torch.save of a list of dicts): name, op ("emulated": csrc/cuda on the SIMT emulator,
-// or "cpu": csrc/cpu through the dispatcher), points, values, cov3, weights, height, width,
+// or "cpu": csrc/cpu through the dispatcher), seed and resident (the emulator's schedule: its seed
+// and how many blocks are resident at once), points, values, cov3, weights, height, width,
 // cutoff, fill, grad_image, grad_weight (or None), masks, a list of output_masks for which to
 // run the backward after the forward, and optionally backward_image and backward_weight, which
 // the backward then takes instead of the forward's outputs. RESULTS (for torch.load): per case a
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "emulated_ops.h"
+#include "simt.h"  // the emulator's schedule; last: it defines CUDA's vocabulary as macros
 
 namespace {
 
@@ -105,7 +107,12 @@ int main(int argc, char** argv) {
   c10::impl::GenericList results(c10::AnyType::get());
   for (const c10::IValue& item : cases.toListRef()) {
     const auto c = item.toGenericDict();
-    std::fprintf(stderr, "case %s\n", c.at("name").toStringRef().c_str());  // context for reports
+    const int64_t seed = c.at("seed").toInt(), resident = c.at("resident").toInt();
+    // Context for reports, and how to run the case again alone.
+    std::fprintf(stderr, "case %s (seed %lld, %lld resident)\n",
+                 c.at("name").toStringRef().c_str(), static_cast<long long>(seed),
+                 static_cast<long long>(resident));
+    simt::set_schedule(uint32_t(seed), int(resident));
     const auto start = std::chrono::steady_clock::now();
     results.push_back(run_case(c));
     const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
