@@ -96,7 +96,7 @@ def run(args: argparse.Namespace, processes: int) -> dict:
     steps = args.steps * max(args.processes) // processes
     options = [
         f"--data.path=skimage-mosaic:{args.side}",
-        f"--model.n_points={args.side * args.side // 4}",
+        f"--model.sampler.n_points={args.side * args.side // 4}",
         f"--model.crop_size={args.crop}",
         f"--model.network.init_args.hidden_features={args.width}",
         f"--trainer.max_steps={steps}",

@@ -18,24 +18,48 @@ import time
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from models.bench_train import DENSE, SPARSE, STATIC, fit_steps
+from models.bench_train import CONFIG
+from models.checkpoint import Trained
+from models.cli import fit_steps
 from models.data import DEFAULT_IMAGE
 from models.render import renderer_for
 from nuir.image_files import load_image, skimage_photo_path
 from nuir.renderers import render
 
+STATIC = [
+    "--model.sampler.n_points=16384",
+    "--model.sampler.max_points=null",
+    "--model.sampler.adaptation.times=0",
+]
+TRAINED = ["--model.reconstruction.weight=1", "--model.reconstruction.every=1"]
 VARIANTS = {
-    "implicit (the main job: 4096 -> 16384 points)": (SPARSE, []),
-    "static grid of 16384 points (no adaptation)": (SPARSE, STATIC),
-    "fixed positions (not learned)": (SPARSE, ["--model.learn_points=false"]),
-    "samples at the strata's centres (no jitter)": (SPARSE, ["--model.jitter=0"]),
-    "reconstruction gradient into the network x0.1": (SPARSE, ["--model.value_gradient=0.1"]),
-    "positions learned 10x faster (lr 1e-2)": (SPARSE, ["--model.lr_points=0.01"]),
-    "reconstruction objective": (
-        SPARSE,
-        ["--model.objective=reconstruction", "--model.lr_points=0.01", *STATIC],
-    ),
-    "dense_random (16384 random pixels)": (DENSE, ["--model.mode=dense_random"]),
+    "implicit (the main job)": [],
+    "static grid of 16384 points (no adaptation)": STATIC,
+    "samples at the strata's centres (no jitter)": ["--model.sampler.jitter=0"],
+    "reconstruction every step, trains positions and sigma": TRAINED,
+    "... and the samples drawn from the learned Gaussians": [
+        *TRAINED,
+        "--model.sampler.sample_from=gaussians",
+    ],
+    "... and positions learned 10x faster (lr 1e-2)": [
+        *TRAINED,
+        "--model.sampler.sample_from=gaussians",
+        "--model.optimisation.lr_points=0.01",
+    ],
+    "reconstruction gradient into the network x0.1": [
+        *TRAINED,
+        "--model.reconstruction.value_gradient=0.1",
+    ],
+    "reconstruction objective": [
+        "--model.objective=reconstruction",
+        "--model.optimisation.lr_points=0.01",
+        *STATIC,
+    ],
+    "uniform random pixels (16384)": [
+        "--model.sampler=models.sampling.UniformRandom",
+        "--model.sampler.count=16384",
+        "--model.reconstruction.weight=0",
+    ],
 }
 
 
@@ -50,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     print("| variant | network PSNR | reconstruction PSNR | network at 2x vs original | s |")
     print("|---|---|---|---|---|")
     for name in args.variants:
-        config, overrides = VARIANTS[name]
         started = time.perf_counter()
-        system, data = fit_steps(config, [*overrides, *args.override], args.steps)
+        system, data = fit_steps(CONFIG, [*VARIANTS[name], *args.override], args.steps)
         metrics = system.image_metrics(system.target)
         superres = "-"
         if data.path == DEFAULT_IMAGE:
             with torch.no_grad():
-                dense = render(renderer_for(system, (512, 512), "dense"), (512, 512)).clamp(0, 1)
+                trained = Trained(system.network, system.size)
+                dense = render(renderer_for(trained, (512, 512), "dense"), (512, 512)).clamp(0, 1)
             superres = f"{float(peak_signal_noise_ratio(dense, original, data_range=1.0)):.2f} dB"
         reconstruction = metrics.get("psnr_reconstruction")
         print(

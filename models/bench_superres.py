@@ -28,11 +28,10 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from models.bench_train import SPARSE as CONFIG
-from models.bench_train import fit_steps
-from models.checkpoint import load_system
+from models.bench_train import CONFIG
+from models.checkpoint import Trained, load_trained
+from models.cli import fit_steps
 from models.render import renderer_for
-from models.system import ImplicitImageSystem
 from nuir.image_files import load_image, skimage_photo_path, to_integers
 from nuir.renderers import render
 
@@ -74,11 +73,15 @@ def train_on(image: torch.Tensor, steps: int, folder: Path, overrides: list[str]
     path = folder / "train.png"
     Image.fromarray(to_integers(image, 8)).save(path)
     pixels = image.shape[1] * image.shape[2]
-    counts = [f"--model.n_points={pixels // 16}", f"--model.max_points={pixels // 4}"]
-    return fit_steps(CONFIG, [f"--data.path={path}", *counts, *overrides], steps)[0]
+    counts = [
+        f"--model.sampler.n_points={pixels // 16}",
+        f"--model.sampler.max_points={pixels // 4}",
+    ]
+    system = fit_steps(CONFIG, [f"--data.path={path}", *counts, *overrides], steps)[0]
+    return Trained(system.network, system.size)
 
 
-def renders(system: ImplicitImageSystem, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+def renders(system: Trained, size: tuple[int, int]) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         return {
             method: render(renderer_for(system, size, method), size).cpu()
@@ -141,7 +144,7 @@ def superres_table(rows: list[dict]) -> str:
 
 def bundled_rows(checkpoint: Path) -> list[dict]:
     """The main job's checkpoint (bundled 256 x 256 astronaut) at 2x against the 512 original."""
-    system = load_system(checkpoint)
+    system = load_trained(checkpoint)
     original = load_image(skimage_photo_path("astronaut"))
     small = load_image(ROOT / "models" / "assets" / "astronaut_256.png")
     if tuple(small.shape[1:]) != system.size:

@@ -1,354 +1,347 @@
-"""Training benchmark: sparse and dense training of the same network at equal wall time.
+"""Training benchmark: nuir's sampler against the field's sample-selection methods, at equal wall
+time, on public photos.
 
-    python -m models.bench_train --budget 300
+    python -m models.photos fetch                        # once: the photos, into a cache folder
+    python -m models.bench_train --tune                  # learning rates, on the training photos
+    python -m models.bench_train --lrs bench_out/train_tune/lrs.json    # the benchmark
 
-Every variant is built from a config through the same CLI as ``train.py``, then fitted by a
-Lightning Trainer for ``--budget`` seconds of training-step time. Every ``--eval-every`` seconds the
-clock pauses and the model is scored, so scoring costs the variant nothing; the learning-rate
-schedule runs on the same clock. The variants take turns in slices of ``--slice`` seconds (each in
-its own thread, one running at a time), so a change in the machine's load hits them alike.
-Variants (same network unless said, same photo):
+Protocol (docs/training.md has the figures): every method trains the same network (a SIREN of
+3 x 128, the main job's, and of 3 x 256, the anchors') with the same optimiser (Adam, cosine decay
+of the learning rate to a tenth over the budget) on the same centre crop (``--crop``) of each
+photo, for the same wall time (``--budget`` seconds of training per run: sampling, full passes a
+method makes, adaptation and optimiser steps count; scoring does not). The methods of one photo,
+network and seed take turns in slices of ``--slice`` seconds, so the machine's load hits them
+alike; ``--streams`` such groups run at once, one per core, each with one thread. Every
+``budget / --evals`` seconds the network is scored at every pixel (PSNR against the crop). The
+learning rate of each method and network is the best of ``--lr-grid`` on photos that are not
+scored (``--tune``: DIV2K's training crops), then fixed.
 
-- ``implicit``:           the main job (configs/default.yaml): the implicit objective, points
-                          grown from 4096 to 16384 where the network's error is largest
-- ``implicit_static``:    the same with a static grid of 16384 points (no adaptation)
-- ``reconstruction``:     the reconstruction objective (the model is the point set)
-- ``dense``:              the network at every pixel per step (configs/dense.yaml)
-- ``dense_random``:       the network at N random pixels per step
-- ``dense_random_wide``:  the same with the network widened to the sparse model's parameter count
-                          (network + 3 per point: x, y, sigma)
-- ``implicit_wide``:      the main job with that widened network (like with like: the same
-                          network as ``dense_random_wide``)
+Methods (``models.sampling``): ``all-pixels`` (every pixel each step), ``uniform`` (a quarter of
+the pixels, uniformly), ``nuir`` (the main job's sampler: 1/16 of the pixels as points at first,
+grown to 1/4 where the network's error is largest), ``evos`` (EVOS, ratio 0.5, its main table's
+setting), ``int`` (INT, ratio 0.2 rising in 10 steps, incremental refreshes: its image setting),
+``soft-mining`` (Soft Mining, ratio 0.5, as in EVOS's comparison).
 
-Scores: the network's dense PSNR against the photo (the implicit image: what training leaves
-behind) and, for the sparse variants, the PSNR of the reconstruction from the points. Prints a
-table with parameter counts, steps and network evaluations; writes the curves (CSV) and plots of
-the network's PSNR against wall time and against network evaluations into ``--out``; then times
-the renders of the implicit model (``models.bench_render``). Speed figures are only meaningful
-against each other within one run on one machine.
+Outputs in ``--out``: ``runs.csv`` (every score of every run), ``summary.md`` (per-photo table,
+means and spread over seeds, the targets), ``curves.png`` (PSNR against time and iterations).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
+import multiprocessing
 import os
 import platform
-import threading
+import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
-
-from models.bench_render import benchmark_render, render_table
-from models.cli import build
-from models.system import ImplicitImageSystem
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-SPARSE, DENSE = ROOT / "configs" / "default.yaml", ROOT / "configs" / "dense.yaml"
-# The main job's final point count from the start, without adaptation.
-STATIC = ["--model.n_points=16384", "--model.max_points=null", "--model.adapt_interval=0"]
-VARIANTS: dict[str, tuple[Path, list[str]]] = {
-    "implicit": (SPARSE, []),
-    "implicit_static": (SPARSE, STATIC),
-    "reconstruction": (  # as the main job trained before the implicit objective
-        SPARSE,
-        ["--model.objective=reconstruction", "--model.lr_points=0.01", *STATIC],
-    ),
-    "dense": (DENSE, []),
-    "dense_random": (DENSE, ["--model.mode=dense_random"]),
-    "dense_random_wide": (DENSE, ["--model.mode=dense_random"]),  # width set in variant_list
-    "implicit_wide": (SPARSE, []),  # width set in variant_list
+CONFIG = ROOT / "configs" / "default.yaml"
+NETWORKS = {
+    "siren-3x128": ["--model.network.init_args.hidden_features=128"],
+    "siren-3x256": ["--model.network.init_args.hidden_features=256"],
 }
-WIDE = ("dense_random_wide", "implicit_wide")
+NO_POINTS = ["--model.reconstruction.weight=0"]
+METHODS = {
+    "all-pixels": ["--model.sampler=models.sampling.AllPixels", *NO_POINTS],
+    "uniform": [
+        "--model.sampler=models.sampling.UniformRandom",
+        "--model.sampler.ratio=0.25",
+        *NO_POINTS,
+    ],
+    "nuir": [],
+    "evos": ["--model.sampler=models.sampling.EVOS", *NO_POINTS],
+    "int": ["--model.sampler=models.sampling.INT", *NO_POINTS],
+    "soft-mining": ["--model.sampler=models.sampling.SoftMining", *NO_POINTS],
+}
+DEFAULT_LR = 1e-3
 
 
-@dataclass
-class Curve:
-    """A variant's scores over its training time."""
-
-    name: str
-    seconds: list[float] = field(default_factory=list)
-    steps: list[int] = field(default_factory=list)
-    evaluations: list[int] = field(default_factory=list)
-    psnr_network: list[float] = field(default_factory=list)
-    psnr_reconstruction: list[float] = field(default_factory=list)
+def parse_photos(spec: str) -> list[tuple[str, int]]:
+    """'div2k_test:0-7' -> [('div2k_test', 0), ..., ('div2k_test', 7)]; also 'kodak:1,3'."""
+    name, _, indices = spec.partition(":")
+    chosen: list[int] = []
+    for part in (indices or "0").split(","):
+        low, _, high = part.partition("-")
+        chosen += list(range(int(low), int(high or low) + 1))
+    return [(name, index) for index in chosen]
 
 
-class Turns:
-    """Round-robin turns between variants: one trains at a time, each for a slice of its clock."""
+def crop_photo(set_name: str, index: int, crop: int, folder: Path) -> Path:
+    """The centre crop x crop of a cached photo, written as a PNG in ``folder``."""
+    from models.photos import photo_path
 
-    def __init__(self, names: list[str]) -> None:
-        self.order = list(names)
-        self.active = set(names)
-        self.current = self.order[0] if self.order else None
-        self.condition = threading.Condition()
-
-    def wait(self, name: str) -> None:
-        with self.condition:
-            self.condition.wait_for(lambda: self.current == name)
-
-    def _advance(self) -> None:
-        if not self.active:
-            self.current = None
-            return
-        index = self.order.index(self.current)
-        for step in range(1, len(self.order) + 1):
-            candidate = self.order[(index + step) % len(self.order)]
-            if candidate in self.active:
-                self.current = candidate
-                return
-
-    def pass_on(self, name: str) -> None:
-        with self.condition:
-            if self.current == name:
-                self._advance()
-            self.condition.notify_all()
-
-    def finish(self, name: str) -> None:
-        with self.condition:
-            self.active.discard(name)
-            if self.current == name:
-                self._advance()
-            self.condition.notify_all()
+    source = photo_path(set_name, index)
+    target = folder / f"{set_name}_{index:02d}_{crop}.png"
+    if not target.exists():
+        with Image.open(source) as image:
+            width, height = image.size
+            left, top = (width - crop) // 2, (height - crop) // 2
+            image.convert("RGB").crop((left, top, left + crop, top + crop)).save(target)
+    return target
 
 
-class TrainingClock(Callback):
-    """Stops training after ``budget_s`` seconds spent in training steps; scores the model every
-    ``eval_every_s`` of them, with the clock paused. The system's learning-rate schedule runs on
-    this clock (``external_progress``), so it ends with the budget. With ``turns``, it hands over
-    to the next variant after every ``slice_s`` seconds of its own clock."""
-
-    def __init__(
-        self,
-        curve: Curve,
-        budget_s: float,
-        eval_every_s: float,
-        turns: Turns | None = None,
-        slice_s: float = 10.0,
-    ) -> None:
-        self.curve = curve
-        self.budget_s = budget_s
-        self.eval_every_s = eval_every_s
-        self.turns = turns
-        self.slice_s = slice_s
-        self.elapsed = 0.0
-        self.next_eval = 0.0
-        self.slice_end = slice_s
-        self.started = 0.0
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if self.turns is not None:
-            self.turns.wait(self.curve.name)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        pl_module.external_progress = self.elapsed / self.budget_s
-        self.started = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.elapsed += time.perf_counter() - self.started
-        done = self.elapsed >= self.budget_s
-        if done or self.elapsed >= self.next_eval:
-            self.score(trainer, pl_module)
-            self.next_eval += self.eval_every_s
-        if done:
-            trainer.should_stop = True
-        elif self.turns is not None and self.elapsed >= self.slice_end:
-            self.slice_end += self.slice_s
-            self.turns.pass_on(self.curve.name)
-            self.turns.wait(self.curve.name)
-
-    def score(self, trainer, system: ImplicitImageSystem) -> None:
-        metrics = system.image_metrics(system.target)
-        self.curve.seconds.append(self.elapsed)
-        self.curve.steps.append(int(trainer.global_step))
-        self.curve.evaluations.append(int(system.network_evaluations))
-        self.curve.psnr_network.append(metrics["psnr_network"])
-        self.curve.psnr_reconstruction.append(metrics.get("psnr_reconstruction", math.nan))
+def overrides_for(photo: Path, network: str, method: str, seed: int, lr: float) -> list[str]:
+    return [
+        f"--data.path={photo}",
+        *NETWORKS[network],
+        *METHODS[method],
+        f"--model.optimisation.lr_network={lr}",
+        f"--model.seed={seed}",
+        f"--seed_everything={seed}",
+        "--trainer.accelerator=cpu",
+    ]
 
 
-def fit_steps(config: Path, overrides: list[str], steps: int):
-    """The system and data of a config, trained for ``steps`` steps without logging,
-    checkpoints or validation: (system in eval mode, data)."""
-    system, data = build(config, overrides)
-    system.show_summary = False
-    pl.Trainer(
-        accelerator="auto",
-        devices=1,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    ).fit(system, datamodule=data)
-    return system.eval(), data
+def run_group(task: dict) -> list[dict]:
+    """Train every method of one (photo, network, seed) in turns; rows of scores."""
+    import warnings
+
+    from models.bench_clock import train_interleaved
+    from models.cli import build
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(task["threads"])
+    systems = {}
+    for method in task["methods"]:
+        lr = task["lrs"].get(f"{task['network']}/{method}", DEFAULT_LR)
+        torch.manual_seed(task["seed"])
+        systems[method] = build(
+            CONFIG, overrides_for(Path(task["photo"]), task["network"], method, task["seed"], lr)
+        )
+    curves = train_interleaved(
+        systems, task["budget"], task["budget"] / task["evals"], "cpu", task["slice"]
+    )
+    rows = []
+    for method, curve in curves.items():
+        for i in range(len(curve.seconds)):
+            rows.append(
+                {
+                    "photo": task["photo_name"],
+                    "network": task["network"],
+                    "method": method,
+                    "seed": task["seed"],
+                    "lr": task["lrs"].get(f"{task['network']}/{method}", DEFAULT_LR),
+                    "seconds": round(curve.seconds[i], 3),
+                    "steps": curve.steps[i],
+                    "evaluations": curve.evaluations[i],
+                    "psnr": round(curve.psnr_network[i], 4),
+                }
+            )
+    return rows
 
 
-def make_trainer(clock: TrainingClock, accelerator: str) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        max_steps=-1,
-        max_epochs=-1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[clock],
+def run_tasks(tasks: list[dict], streams: int, log) -> list[dict]:
+    rows: list[dict] = []
+    started = time.perf_counter()
+    if streams <= 1:
+        results = map(run_group, tasks)
+    else:
+        pool = multiprocessing.get_context("spawn").Pool(streams, maxtasksperchild=1)
+        results = pool.imap_unordered(run_group, tasks)
+    for done, group in enumerate(results, 1):
+        rows += group
+        first = group[0]
+        log(
+            f"  [{done}/{len(tasks)}] {first['photo']} {first['network']} seed {first['seed']} "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
+    if streams > 1:
+        pool.close()
+        pool.join()
+    return rows
+
+
+# --- analysis ---------------------------------------------------------------------------------
+
+
+def final_psnr(rows: list[dict]) -> dict[tuple, float]:
+    """(photo, network, method, seed) -> PSNR at the end of the budget."""
+    last: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row["photo"], row["network"], row["method"], int(row["seed"]))
+        if key not in last or float(row["seconds"]) >= float(last[key]["seconds"]):
+            last[key] = row
+    return {key: float(row["psnr"]) for key, row in last.items()}
+
+
+def curve_of(rows: list[dict], photo, network, method, seed) -> list[tuple[float, float, int]]:
+    return sorted(
+        (float(r["seconds"]), float(r["psnr"]), int(r["steps"]))
+        for r in rows
+        if (r["photo"], r["network"], r["method"], int(r["seed"])) == (photo, network, method, seed)
     )
 
 
-def train_variants(
-    variants: list[tuple[str, Path, list[str]]],
-    budget_s: float,
-    eval_every_s: float,
-    accelerator: str,
-    slice_s: float,
-) -> tuple[list[Curve], dict[str, ImplicitImageSystem]]:
-    """Fit every (name, config, overrides) variant for budget_s of training time.
-
-    With slice_s > 0 the variants take turns (each in its own thread, one running at a time);
-    with slice_s = 0 they run one after the other.
-    """
-    built = [(name, *build(config, overrides)) for name, config, overrides in variants]
-    curves = {name: Curve(name) for name, _, _ in built}
-    turns = Turns([name for name, _, _ in built]) if slice_s > 0 else None
-    failures: list[BaseException] = []
-
-    def fit(name: str, system: ImplicitImageSystem, data) -> None:
-        clock = TrainingClock(curves[name], budget_s, eval_every_s, turns, slice_s)
-        system.show_summary = False
-        try:
-            make_trainer(clock, accelerator).fit(system, datamodule=data)
-        except BaseException as exc:  # reported after the other variants finish
-            failures.append(exc)
-        finally:
-            if turns is not None:
-                turns.finish(name)
-
-    if turns is None:
-        for name, system, data in built:
-            fit(name, system, data)
-    else:
-        threads = [
-            threading.Thread(target=fit, args=item, name=f"bench-{item[0]}") for item in built
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    if failures:
-        raise failures[0]
-    return [curves[name] for name, _, _ in built], {name: system for name, system, _ in built}
+def time_to_reach(curve: list[tuple[float, float, int]], level: float) -> float:
+    """Seconds of training until the curve first reaches ``level`` (inf if never; linear
+    between scores)."""
+    previous = None
+    for seconds, psnr, _ in curve:
+        if psnr >= level:
+            if previous is None or previous[1] >= level:
+                return seconds
+            t0, p0 = previous[:2]
+            return t0 + (seconds - t0) * (level - p0) / (psnr - p0)
+        previous = (seconds, psnr)
+    return math.inf
 
 
-def parameter_counts(system: ImplicitImageSystem) -> tuple[int, int]:
-    """(network parameters, per-point parameters: x, y and sigma of every slot of the set)."""
-    network = sum(p.numel() for p in system.network.parameters())
-    points = 0 if system.point_set is None else 3 * system.point_set.capacity
-    return network, points
+def spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def siren_width_for(parameters: int, hidden_layers: int, channels: int) -> int:
-    """The hidden width of a SIREN (2 -> C) with about ``parameters`` parameters."""
-    # 3w + L (w^2 + w) + (w + 1) C = parameters, for w.
-    a, b, c = hidden_layers, 3 + hidden_layers + channels, channels - parameters
-    return max(1, round((-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)))
-
-
-def write_csv(curves: list[Curve], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            ["variant", "seconds", "steps", "network_evaluations", "psnr_network", "psnr_rec"]
-        )
-        for curve in curves:
-            for row in zip(
-                curve.seconds,
-                curve.steps,
-                curve.evaluations,
-                curve.psnr_network,
-                curve.psnr_reconstruction,
-            ):
-                writer.writerow(
-                    [curve.name, f"{row[0]:.2f}", row[1], row[2], f"{row[3]:.3f}", f"{row[4]:.3f}"]
+def summarise(rows: list[dict], budget: float, reference: str = "nuir") -> str:
+    finals = final_psnr(rows)
+    photos = sorted({key[0] for key in finals})
+    networks = [n for n in NETWORKS if any(key[1] == n for key in finals)]
+    methods = [m for m in METHODS if any(key[2] == m for key in finals)]
+    seeds = sorted({key[3] for key in finals})
+    lines = []
+    for network in networks:
+        lines.append(f"\n### {network}: PSNR of the network at every pixel after {budget:g} s\n")
+        lines.append("| photo | " + " | ".join(methods) + " |")
+        lines.append("|---|" + "---|" * len(methods))
+        for photo in photos:
+            cells = []
+            for method in methods:
+                values = [
+                    finals[(photo, network, method, s)]
+                    for s in seeds
+                    if (photo, network, method, s) in finals
+                ]
+                cells.append(
+                    f"{statistics.mean(values):.2f} ± {spread(values):.2f}" if values else "-"
                 )
+            lines.append(f"| {photo} | " + " | ".join(cells) + " |")
+        # Mean over photos, per seed, then mean and spread over seeds.
+        per_seed = {
+            method: [
+                statistics.mean(finals[(p, network, method, s)] for p in photos)
+                for s in seeds
+                if all((p, network, method, s) in finals for p in photos)
+            ]
+            for method in methods
+        }
+        cells = [
+            f"**{statistics.mean(v):.2f}** ± {spread(v):.2f}" if v else "-"
+            for v in per_seed.values()
+        ]
+        lines.append("| mean over photos (± spread over seeds) | " + " | ".join(cells) + " |")
+        steps = {
+            method: statistics.mean(
+                max(
+                    int(r["steps"])
+                    for r in rows
+                    if (r["photo"], r["network"], r["method"], int(r["seed"]))
+                    == (p, network, method, s)
+                )
+                for p in photos
+                for s in seeds
+                if (p, network, method, s) in finals
+            )
+            for method in methods
+        }
+        lines.append(
+            "| mean steps in the budget | " + " | ".join(f"{steps[m]:.0f}" for m in methods) + " |"
+        )
+        if reference in methods:
+            lines += targets(
+                rows, finals, network, photos, seeds, methods, budget, reference, per_seed
+            )
+    return "\n".join(lines)
 
 
-def plot(curves: list[Curve], path: Path, title: str) -> None:
+def targets(
+    rows, finals, network, photos, seeds, methods, budget, reference, per_seed
+) -> list[str]:
+    lines = [""]
+    if "all-pixels" in methods:
+        fractions = []
+        for p in photos:
+            for s in seeds:
+                if (p, network, "all-pixels", s) in finals and (p, network, reference, s) in finals:
+                    level = finals[(p, network, "all-pixels", s)]
+                    reach = time_to_reach(curve_of(rows, p, network, reference, s), level)
+                    fractions.append(reach / budget)
+        if fractions:
+            within = sum(f <= 0.4 for f in fractions)
+            finite = [f for f in fractions if math.isfinite(f)]
+            lines.append(
+                f"- (a) {reference} reaches the all-pixels run's final PSNR after "
+                f"{100 * statistics.mean(finite):.0f} % of the budget on average (worst "
+                f"{100 * max(fractions):.0f} %), within 40 % in {within} of {len(fractions)} runs"
+                if finite
+                else f"- (a) {reference} never reaches the all-pixels run's final PSNR"
+            )
+    others = [m for m in methods if m not in (reference, "all-pixels", "uniform") and per_seed[m]]
+    if others and per_seed[reference]:
+        best = max(others, key=lambda m: statistics.mean(per_seed[m]))
+        differences = [a - b for a, b in zip(per_seed[reference], per_seed[best])]
+        margin = statistics.mean(differences)
+        lines.append(
+            f"- (b) {reference} - {best} (the best re-implemented method) = {margin:+.2f} dB on "
+            f"the mean over photos; spread over seeds of that difference "
+            f"{spread(differences):.2f} dB ({len(differences)} seeds)"
+        )
+    return lines
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (by_time, by_evals) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for curve in curves:
-        by_time.plot(curve.seconds, curve.psnr_network, marker=".", label=curve.name)
-        by_evals.plot(curve.evaluations, curve.psnr_network, marker=".", label=curve.name)
-    by_time.set_xlabel("training wall time (s)")
-    by_evals.set_xlabel("network evaluations")
-    by_evals.set_xscale("log")
-    for axis in (by_time, by_evals):
-        axis.set_ylabel("PSNR of the network at every pixel (dB)")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+    networks = [n for n in NETWORKS if any(r["network"] == n for r in rows)]
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    figure, axes = plt.subplots(len(networks), 2, figsize=(12, 4.2 * len(networks)), squeeze=False)
+    for row_axes, network in zip(axes, networks):
+        for method in methods:
+            runs = {
+                (r["photo"], int(r["seed"]))
+                for r in rows
+                if r["network"] == network and r["method"] == method
+            }
+            curves = [curve_of(rows, p, network, method, s) for p, s in sorted(runs)]
+            length = min(len(c) for c in curves)
+            seconds = [statistics.mean(c[i][0] for c in curves) for i in range(length)]
+            psnr = [statistics.mean(c[i][1] for c in curves) for i in range(length)]
+            steps = [statistics.mean(c[i][2] for c in curves) for i in range(length)]
+            row_axes[0].plot(seconds, psnr, marker=".", label=method)
+            row_axes[1].plot(steps, psnr, marker=".", label=method)
+        row_axes[0].set_xlabel("training wall time (s)")
+        row_axes[1].set_xlabel("iterations")
+        for axis in row_axes:
+            axis.set_ylabel(f"mean PSNR, {network} (dB)")
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=8)
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
-def value_at(curve: Curve, values: list[float], seconds: float) -> float:
-    """The value at the evaluation nearest to ``seconds`` (evaluations land a little late)."""
-    nearest = min(range(len(curve.seconds)), key=lambda i: abs(curve.seconds[i] - seconds))
-    return values[nearest]
+def write_rows(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
-def results_table(curves: list[Curve], systems: dict, budget: float) -> str:
-    fractions = (0.25, 0.5, 1.0)
-    lines = [
-        "| variant | network params | per-point params | steps | network evals | "
-        + " | ".join(f"network PSNR @ {f * budget:.0f} s" for f in fractions)
-        + " | reconstruction PSNR |",
-        "|" + "---|" * (6 + len(fractions)),
-    ]
-    for curve in curves:
-        network, points = parameter_counts(systems[curve.name])
-        reconstruction = curve.psnr_reconstruction[-1]
-        cells = [
-            curve.name,
-            f"{network:,}",
-            f"{points:,}" if points else "-",
-            str(curve.steps[-1]),
-            f"{curve.evaluations[-1]:.3g}",
-            *(f"{value_at(curve, curve.psnr_network, f * budget):.2f}" for f in fractions),
-            "-" if math.isnan(reconstruction) else f"{reconstruction:.2f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
-def variant_list(names: list[str], overrides: list[str]) -> list[tuple[str, Path, list[str]]]:
-    """(name, config, overrides) per variant; the wide ones sized after the implicit model."""
-    variants = []
-    for name in names:
-        config, own = VARIANTS[name]
-        extra = list(own) + list(overrides)
-        if name in WIDE:
-            reference, _ = build(SPARSE, list(overrides))
-            network, points = parameter_counts(reference)
-            siren = reference.network
-            layers = len(siren.body) - 1 if hasattr(siren, "body") else 3
-            width = siren_width_for(network + points, layers, siren.out_features)
-            extra.append(f"--model.network.init_args.hidden_features={width}")
-        variants.append((name, config, extra))
-    return variants
+# --- command ----------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -357,72 +350,121 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--budget", type=float, default=300.0, help="training seconds per variant")
     parser.add_argument(
-        "--eval-every",
-        type=float,
+        "--photos",
+        nargs="+",
         default=None,
-        help="seconds of training between evaluations (default budget / 20)",
+        help="photo sets and indices, e.g. div2k_test:0-7 kodak:1-4 (default: "
+        "div2k_test:0-7; with --tune div2k_train:0-1), or image files",
     )
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--budget", type=float, default=60.0, help="training seconds per run")
+    parser.add_argument("--evals", type=int, default=12, help="scores per run")
+    parser.add_argument("--crop", type=int, default=256, help="centre crop side in pixels")
+    parser.add_argument("--slice", type=float, default=5.0, help="seconds per turn")
+    parser.add_argument("--streams", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--lrs", type=Path, default=None, help="a lrs.json written by --tune")
+    parser.add_argument("--tune", action="store_true", help="choose the learning rates")
+    parser.add_argument("--lr-grid", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
     parser.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="an extra CLI argument for every variant, repeatable: "
-        "--override=--data.path=my.png --override=--trainer.accelerator=gpu",
+        "--summarise", type=Path, default=None, help="only summarise an existing runs.csv"
     )
-    parser.add_argument("--accelerator", default="auto")
-    parser.add_argument(
-        "--slice",
-        type=float,
-        default=10.0,
-        help="seconds of training per turn when interleaving the variants (0: one after another)",
-    )
-    parser.add_argument(
-        "--render-scales",
-        type=float,
-        nargs="*",
-        default=[2, 4, 8],
-        help="render benchmark scales for the implicit model after training (none to skip)",
-    )
-    parser.add_argument("--out", type=Path, default=Path("bench_out/train"))
-    return parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.photos is None:
+        args.photos = ["div2k_train:0-1"] if args.tune else ["div2k_test:0-7"]
+    if args.out is None:
+        args.out = Path("bench_out") / ("train_tune" if args.tune else "train")
+    for name in ("budget", "crop", "evals", "streams"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
+    return args
+
+
+def photo_files(args: argparse.Namespace) -> dict[str, Path]:
+    folder = args.out / "photos"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for spec in args.photos:
+        if Path(spec).is_file():
+            files[Path(spec).stem] = Path(spec)
+            continue
+        for set_name, index in parse_photos(spec):
+            files[f"{set_name}_{index:02d}"] = crop_photo(set_name, index, args.crop, folder)
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    eval_every = args.eval_every or args.budget / 20
     args.out.mkdir(parents=True, exist_ok=True)
-    device = (
-        torch.cuda.get_device_name()
-        if torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
-        else f"CPU ({os.cpu_count()} cores)"
+    if args.summarise is not None:
+        rows = read_rows(args.summarise)
+        print(summarise(rows, args.budget))
+        return 0
+    try:
+        photos = photo_files(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 2
+    lrs = json.loads(args.lrs.read_text()) if args.lrs else {}
+    threads = 1 if args.streams > 1 else torch.get_num_threads()
+    header = (
+        f"# training benchmark: {args.budget:g} s per run, {len(photos)} photos "
+        f"({args.crop} x {args.crop} centre crops), seeds {args.seeds}, {args.streams} "
+        f"stream(s) of {threads} thread(s), {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}"
     )
-    print(
-        f"# training benchmark: {args.budget:.0f} s per variant on {device}, "
-        f"torch {torch.__version__}, {platform.processor() or platform.machine()}"
-    )
-    variants = variant_list(args.variants, args.override)
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-    curves, systems = train_variants(
-        variants, args.budget, eval_every, args.accelerator, args.slice
-    )
-    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-    schedule = f"interleaved in {args.slice:g} s slices" if args.slice > 0 else "run in turn"
-    print(f"variants {schedule}; load average {load_before:.2f} before, {load_after:.2f} after\n")
-    print(results_table(curves, systems, args.budget))
-    write_csv(curves, args.out / "train_curves.csv")
-    plot(curves, args.out / "train_psnr.png", f"{args.budget:.0f} s per variant, {device}")
-    print(f"\nwrote {args.out / 'train_curves.csv'} and {args.out / 'train_psnr.png'}")
-
-    renderable = [name for name in ("implicit", "dense") if name in systems]
-    if args.render_scales and renderable:
-        rows = benchmark_render(systems[renderable[0]], args.render_scales, ["adaptive", "grid"])
-        print(f"\n## render benchmark: the network trained {renderable[0]}")
-        print(render_table(rows))
+    print(header, flush=True)
+    grid = args.lr_grid if args.tune else [None]
+    tasks = []
+    for lr in grid:
+        for network in args.networks:
+            for name, photo in photos.items():
+                for seed in args.seeds:
+                    tasks.append(
+                        {
+                            "photo": str(photo),
+                            "photo_name": name if lr is None else f"{name}@lr={lr:g}",
+                            "network": network,
+                            "methods": args.methods,
+                            "seed": seed,
+                            "lrs": lrs
+                            if lr is None
+                            else {f"{network}/{m}": lr for m in args.methods},
+                            "budget": args.budget,
+                            "evals": args.evals,
+                            "slice": args.slice,
+                            "threads": threads,
+                        }
+                    )
+    rows = run_tasks(tasks, args.streams, print)
+    write_rows(rows, args.out / "runs.csv")
+    if args.tune:
+        chosen = choose_lrs(rows, args.lr_grid)
+        (args.out / "lrs.json").write_text(json.dumps(chosen, indent=1))
+        print(json.dumps(chosen, indent=1))
+        print(f"wrote {args.out / 'lrs.json'}")
+        return 0
+    summary = header + "\n" + summarise(rows, args.budget)
+    (args.out / "summary.md").write_text(summary + "\n")
+    print(summary)
+    plot(rows, args.out / "curves.png", f"{args.budget:g} s per run, {len(photos)} photos")
+    print(f"\nwrote {args.out / 'runs.csv'}, {args.out / 'summary.md'}, {args.out / 'curves.png'}")
     return 0
+
+
+def choose_lrs(rows: list[dict], grid: list[float]) -> dict[str, float]:
+    """For every network/method, the learning rate of the best mean final PSNR."""
+    finals = final_psnr(rows)
+    scores: dict[str, dict[float, list[float]]] = {}
+    for (photo, network, method, _), psnr in finals.items():
+        lr = float(photo.rsplit("@lr=", 1)[1])
+        scores.setdefault(f"{network}/{method}", {}).setdefault(lr, []).append(psnr)
+    return {
+        key: max(by_lr, key=lambda lr: statistics.mean(by_lr[lr])) for key, by_lr in scores.items()
+    }
 
 
 if __name__ == "__main__":

@@ -34,6 +34,26 @@ class ImplicitImageCLI(LightningCLI):
                 init_args.dirpath = str(run_dir / "checkpoints")
 
 
+def fit_steps(config: Path | str, overrides: list[str], steps: int):
+    """The system and data of a config, trained for ``steps`` steps without logging,
+    checkpoints or validation: (system in eval mode, data)."""
+    import pytorch_lightning as pl
+
+    system, data = build(config, overrides)
+    system.show_summary = False
+    pl.Trainer(
+        accelerator="auto",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    ).fit(system, datamodule=data)
+    return system.eval(), data
+
+
 def build(config: Path | str, overrides: list[str]) -> tuple[ImplicitImageSystem, ImageDataModule]:
     """The system and data of a config plus overrides, built as ``train.py`` builds them."""
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI must read args, not the caller's

@@ -9,9 +9,9 @@ budget); the first ``count`` slots are in use. A fixed capacity keeps every tens
 constant, so checkpoints, optimiser state and distributed training never see a parameter change
 size, while densification and pruning move rows in place.
 
-Adaptation (every ``interval`` steps between ``start`` and ``end``) scores each point by its
-share of the image's squared error: the network's mean squared error at the point's samples since
-the last adaptation, times the area of its stratum:
+Adaptation (``times`` times between the fractions ``start`` and ``end`` of the run) scores each
+point by its share of the image's squared error: the network's mean squared error at the point's
+samples since the last adaptation, times the area of its stratum:
 
 - prune: the ``prune_fraction`` of points with the lowest share (where the network is already
   right), among points whose stratum is smaller than at the start, each merged into a neighbour
@@ -42,12 +42,15 @@ MAX_PRUNE_AREA = 0.8  # of the initial area: only points in regions denser than 
 
 
 @dataclass(frozen=True)
-class AdaptSchedule:
-    """When and how much the point set adapts. ``interval = 0`` turns adaptation off."""
+class Adaptation:
+    """When and how much the point set adapts: ``times`` adaptations at evenly spaced fractions
+    of the run from ``start`` to ``end`` (0 times: never), each splitting at most
+    ``grow_fraction`` and merging at most ``prune_fraction`` of the points. Fractions of the run
+    (of ``max_steps``, or of a wall-time budget) make the same schedule fit any run length."""
 
-    interval: int = 0
-    start: int = 0
-    end: int | None = None
+    times: int = 0
+    start: float = 0.1
+    end: float = 0.6
     grow_fraction: float = 0.1
     prune_fraction: float = 0.02
 
@@ -58,33 +61,35 @@ class AdaptSchedule:
                 f"max_points ({budget}) must be >= n_points ({initial}): the budget is the most "
                 "points the set may hold"
             )
-        if isinstance(self.interval, bool) or not isinstance(self.interval, int):
-            raise ValueError(f"adapt_interval must be an int, got {self.interval!r}")
-        if self.interval < 0:
-            raise ValueError(f"adapt_interval must be >= 0 (0: no adaptation), got {self.interval}")
-        if budget > initial and self.interval == 0:
+        if isinstance(self.times, bool) or not isinstance(self.times, int) or self.times < 0:
+            raise ValueError(f"adaptation.times must be an int >= 0, got {self.times!r}")
+        if budget > initial and self.times == 0:
             raise ValueError(
-                f"max_points ({budget}) > n_points ({initial}) needs adapt_interval > 0 to grow"
+                f"max_points ({budget}) > n_points ({initial}) needs adaptation.times > 0 to grow"
             )
-        if not isinstance(self.start, int) or self.start < 0:
-            raise ValueError(f"adapt_start must be an int >= 0, got {self.start!r}")
-        if self.end is not None and (not isinstance(self.end, int) or self.end <= self.start):
+        if not 0 <= self.start <= self.end <= 1:
             raise ValueError(
-                f"adapt_end ({self.end!r}) must be an int after adapt_start ({self.start}), "
-                "or None (adapt until the end)"
+                "adaptation.start and adaptation.end must be fractions of the run with "
+                f"0 <= start <= end <= 1, got start {self.start!r}, end {self.end!r}"
             )
         if not 0 < self.grow_fraction <= 1:
-            raise ValueError(f"grow_fraction must be in (0, 1], got {self.grow_fraction!r}")
+            raise ValueError(
+                f"adaptation.grow_fraction must be in (0, 1], got {self.grow_fraction!r}"
+            )
         if not 0 <= self.prune_fraction < 1:
-            raise ValueError(f"prune_fraction must be in [0, 1), got {self.prune_fraction!r}")
+            raise ValueError(
+                f"adaptation.prune_fraction must be in [0, 1), got {self.prune_fraction!r}"
+            )
 
-    def due(self, step: int) -> bool:
-        """Whether the set adapts after optimiser step ``step`` (1-based count of steps done)."""
-        if self.interval == 0 or step <= self.start:
-            return False
-        if self.end is not None and step > self.end:
-            return False
-        return (step - self.start) % self.interval == 0
+    def at(self, k: int) -> float:
+        """The fraction of the run at which adaptation ``k`` (0-based) takes place."""
+        if self.times <= 1:
+            return self.start
+        return self.start + k * (self.end - self.start) / (self.times - 1)
+
+    def due(self, done: int, progress: float) -> bool:
+        """Whether the next adaptation is due, after ``done`` of them, at ``progress``."""
+        return done < self.times and progress >= self.at(done) - 1e-9
 
 
 class PointSet(nn.Module):
@@ -108,6 +113,7 @@ class PointSet(nn.Module):
         # The network's squared error at each point's samples since the last adaptation.
         self.register_buffer("error", torch.zeros(capacity, dtype=torch.float64))
         self.register_buffer("visits", torch.zeros(capacity, dtype=torch.float64))
+        self.register_buffer("adaptations", torch.zeros((), dtype=torch.int64))  # done so far
         self.count = 0  # host copy of `active`: no device sync to read it
 
     @property
@@ -193,7 +199,7 @@ class PointSet(nn.Module):
     @torch.no_grad()
     def adapt(
         self,
-        schedule: AdaptSchedule,
+        schedule: Adaptation,
         generator: torch.Generator,
         optimizer: torch.optim.Optimizer | None = None,
         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -238,6 +244,7 @@ class PointSet(nn.Module):
         self._split(parents, kept.numel(), generator)
         self._set_count(rows.numel())
         self.clamp_()
+        self.adaptations += 1
         return merged, int(parents.numel())
 
     @staticmethod

@@ -1,23 +1,25 @@
 """Render a trained checkpoint to an image file at any size.
 
     python -m models.render runs/default/checkpoints/last.ckpt --scale 4 --out astronaut_4x.png
+    python -m models.render CKPT --scale 4 --tolerance 0.01          # closer to dense, slower
     python -m models.render CKPT --size 8192 8192 --method dense --out big.tif --bits 16
 
 Methods (``--method``):
 
-- ``adaptive`` (default): the network evaluated on a grid of one sample per 2 x 2 training
-  pixels, and on a grid of one per pixel over the 8 x 8 blocks where training split its points'
-  strata to 4 square pixels or less (where the network's error was large: the image's detail),
-  values prefiltered so that the mixture passes through every sample
-  (``nuir.renderers.GridRenderer``). The cost hardly grows with the output size.
-- ``grid``: one sample per training pixel everywhere.
-- ``points``: the point set's own reconstruction (trained positions and sigma, rescaled), the
-  model of the ``reconstruction`` objective; at large scales it shows each Gaussian.
+- ``adaptive`` (default): the network where Gaussian-mixture interpolation of coarser samples is
+  wrong, measured by probes, refined until ``--tolerance`` (RMS error per channel) is met, on a
+  sampling raster of at most twice the training resolution, then resized to the output by a
+  Lanczos filter (``nuir.adaptive.AdaptiveRenderer``).
+- ``grid``: one sample per training pixel, interpolated by Gaussians whose values are solved so
+  the mixture passes through the samples (``nuir.renderers.GridRenderer``).
+- ``points``: the point set's own reconstruction (trained positions and sigma, rescaled); at
+  large scales it shows each Gaussian.
 - ``dense``: the network at every output pixel (the reference).
 
 Everything works tile by tile (``--tile``), so memory stays bounded by the tile and the output
-array. The command prints the render time and, unless ``--no-compare``, the PSNR against the dense
-render (computed tile by tile). The file is written only when the render is complete.
+array. The command prints what it chose and the render time and, unless ``--no-compare``, the
+PSNR against the dense render (computed tile by tile). The file is written only when the render is
+complete. Rendering needs the network's class and weights only: it does not import Lightning.
 """
 
 from __future__ import annotations
@@ -32,104 +34,68 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.checkpoint import load_system
-from models.system import ImplicitImageSystem
+from models.checkpoint import Trained, load_trained
+from nuir.adaptive import AdaptiveRenderer
 from nuir.geometry import pixel_to_unit, rescale_points, tile_windows
 from nuir.image_files import to_integers, write_image
 from nuir.renderers import DenseRenderer, GridRenderer, PointRenderer, evaluate_network
 
 METHODS = ("adaptive", "grid", "points", "dense")
-
-
-def detail_levels(
-    system: ImplicitImageSystem,
-    spacing: float = 2.0,
-    block: int = 8,
-    max_level: int = 1,
-    ratio: float = 4.0,
-) -> torch.Tensor:
-    """Per block of ``block`` x ``block`` training pixels, the finest grid level it needs:
-    level l (grid spacing ``spacing / 2**l``) where training split a point's stratum in the
-    block down to at most ``ratio`` times that grid's cell area (training splits where the
-    network's error is large: the image's detail).
-
-    Returns:
-        [ceil(H / block), ceil(W / block)] int64 (all 0 without a point set).
-    """
-    height, width = system.size
-    shape = (math.ceil(height / block), math.ceil(width / block))
-    if system.point_set is None or max_level == 0:
-        return torch.zeros(shape, dtype=torch.int64)
-    count = system.point_set.count
-    strata = system.point_set.strata[:count].detach().cpu().double()
-    area = strata[:, 2:].prod(1)
-    level = torch.zeros(count, dtype=torch.int64)
-    for finer in range(1, max_level + 1):
-        level[area <= ratio * (spacing / 2**finer) ** 2 + 1e-9] = finer
-    column = ((strata[:, 0] + 0.5).clamp(0, width - 1) / block).long()  # block of its pixel
-    row = ((strata[:, 1] + 0.5).clamp(0, height - 1) / block).long()
-    levels = torch.zeros(shape[0] * shape[1], dtype=torch.int64)
-    levels.scatter_reduce_(0, row * shape[1] + column, level, reduce="amax")
-    return levels.reshape(shape)
+DEFAULT_TOLERANCE = 0.02
 
 
 def renderer_for(
-    system: ImplicitImageSystem,
+    trained: Trained,
     size: tuple[int, int],
     method: str = "adaptive",
     *,
-    spacing: float | None = None,
-    max_level: int = 1,
-    block: int = 8,
+    tolerance: float = DEFAULT_TOLERANCE,
     sigma: float = 0.5,
     prefilter: int = 3,
     chunk_size: int = 65536,
 ):
-    """The renderer of a trained system on an output raster of ``size`` (evaluates the network
+    """The renderer of a trained network on an output raster of ``size`` (evaluates the network
     where the method needs it): see the module docstring for the methods."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "dense":
-        return DenseRenderer(system.network, size, chunk_size=chunk_size)
-    if method == "points":
-        if system.point_set is None:
-            raise ValueError(f"method 'points' needs a sparse checkpoint, not {system.mode}")
-        train_size = system.size
-        scale = torch.tensor([size[1] / train_size[1], size[0] / train_size[0]])  # (x, y)
-        positions = rescale_points(system.points.detach().float().cpu(), train_size, size)
-        values = evaluate_network(
-            system.network, pixel_to_unit(system.points.detach(), train_size), chunk_size
+        return DenseRenderer(trained.network, size, chunk_size=chunk_size)
+    if method == "adaptive":
+        return AdaptiveRenderer(
+            trained.network,
+            size,
+            native_size=trained.size,
+            tolerance=tolerance,
+            chunk_size=chunk_size,
         )
+    if method == "points":
+        if trained.points is None:
+            raise ValueError("method 'points' needs a checkpoint trained with a point set")
+        train_size = trained.size
+        scale = torch.tensor([size[1] / train_size[1], size[0] / train_size[0]])  # (x, y)
+        points = trained.points.to(trained.device)
+        positions = rescale_points(points.float().cpu(), train_size, size)
+        values = evaluate_network(trained.network, pixel_to_unit(points, train_size), chunk_size)
         renderer = PointRenderer(
             positions.to(values),
-            (system.sigma().detach().float().cpu()[:, None] * scale).to(values),
+            (trained.sigma.float().cpu()[:, None] * scale).to(values),
             values,
-            cutoff=system.cutoff,
+            cutoff=trained.cutoff,
         )
         renderer.evaluations = positions.shape[0]
         return renderer
-    adaptive = method == "adaptive" and system.point_set is not None
-    if spacing is None:  # adaptive: coarse where training left its points coarse
-        spacing = 2.0 if adaptive else 1.0
-    levels = detail_levels(system, spacing, block, max_level if adaptive else 0)
     return GridRenderer(
-        system.network,
-        system.size,
+        trained.network,
+        trained.size,
         size,
-        levels=levels,
-        block=block,
-        spacing=spacing,
         sigma=sigma,
         prefilter=prefilter,
-        cutoff=system.cutoff,
         chunk_size=chunk_size,
     )
 
 
-def output_size(
-    system: ImplicitImageSystem, scale: float | None, size: list[int] | None
-) -> tuple[int, int]:
-    height, width = system.size
+def output_size(trained: Trained, scale: float | None, size: list[int] | None) -> tuple[int, int]:
+    height, width = trained.size
     if size is not None:
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"--size takes two positive ints H W, got {size}")
@@ -158,18 +124,21 @@ def render_to_array(
     build,
     size: tuple[int, int],
     *,
-    tile_size: int,
+    tile_size: int | None = None,
     bits: int = 8,
     compare: DenseRenderer | None = None,
     device: torch.device | None = None,
 ) -> RenderResult:
     """Render tile by tile into an integer array [H, W, C]; ``build()`` makes the renderer (its
-    network evaluations are timed with the tiles). With ``compare`` (a dense renderer), the PSNR
+    network evaluations are timed with the tiles; tiles of the renderer's preferred size when
+    ``tile_size`` is None). With ``compare`` (a dense renderer), the PSNR
     against it, accumulated over tiles so nothing full-size is kept in float."""
     started = time.perf_counter()
     renderer = build()
     _synchronise(device)
     seconds = time.perf_counter() - started
+    if tile_size is None:
+        tile_size = renderer.preferred_tile() if hasattr(renderer, "preferred_tile") else 1024
     pixels = None
     squared_error, compare_seconds = 0.0, 0.0
     for window in tile_windows(size, tile_size):
@@ -207,6 +176,21 @@ def peak_memory_mb() -> float | None:
     return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
 
 
+def describe(renderer) -> str:
+    """What an adaptive render chose: its tolerance, sampling raster, evaluations by level and
+    the share of blocks refined at each level."""
+    if not isinstance(renderer, AdaptiveRenderer) or renderer.stats.blocks == 0:
+        return ""
+    stats = renderer.stats
+    levels = " + ".join(f"{count:,}" for count in stats.evaluations)
+    refined = " / ".join(f"{100 * count / stats.blocks:.0f} %" for count in stats.refined[1:])
+    return (
+        f"  tolerance {renderer.tolerance:g} (RMS per channel); sampling raster "
+        f"{renderer.raster[0]}x{renderer.raster[1]}; evaluations by level {levels}; "
+        f"blocks refined at levels 1 / 2: {refined}"
+    )
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m models.render",
@@ -218,22 +202,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None)
     parser.add_argument("--method", choices=METHODS, default="adaptive")
     parser.add_argument(
-        "--spacing",
+        "--tolerance",
         type=float,
-        default=None,
-        help="base grid spacing in training pixels (default: 2 adaptive, 1 grid)",
+        default=DEFAULT_TOLERANCE,
+        help="adaptive: RMS error per channel a block may keep (smaller: slower, closer to dense)",
     )
-    parser.add_argument(
-        "--max-level", type=int, default=1, help="adaptive: finest grid is spacing / 2**max_level"
-    )
-    parser.add_argument("--sigma", type=float, default=0.5, help="grid sigma in grid spacings")
+    parser.add_argument("--sigma", type=float, default=0.5, help="grid: sigma in grid spacings")
     parser.add_argument(
         "--prefilter",
         type=int,
         default=3,
-        help="grid methods: iterations making the mixture pass through the network's samples",
+        help="grid: iterations making the mixture pass through the network's samples",
     )
-    parser.add_argument("--tile", type=int, default=1024, help="tile side in output pixels")
+    parser.add_argument("--tile", type=int, default=None, help="tile side in output pixels")
     parser.add_argument("--chunk", type=int, default=65536, help="network evaluations per call")
     parser.add_argument("--bits", type=int, choices=(8, 16), default=8)
     parser.add_argument("--out", type=Path, default=None, help="output image (.png or .tif)")
@@ -246,46 +227,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--out must end in .png, .tif or .tiff, got {args.out}")
     if args.bits == 16 and args.out is not None and args.out.suffix.lower() == ".png":
         parser.error("--bits 16 needs a .tif / .tiff output (Pillow writes 8-bit colour PNGs)")
+    if not args.tolerance > 0:
+        parser.error(f"--tolerance must be > 0, got {args.tolerance}")
+    if args.tile is not None and args.tile < 1:
+        parser.error(f"--tile must be a positive int, got {args.tile}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        system = load_system(args.checkpoint, args.device)
-        size = output_size(system, args.scale, args.size)
+        trained = load_trained(args.checkpoint, args.device)
+        size = output_size(trained, args.scale, args.size)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    built = []
     with torch.no_grad():
 
         def build():
-            return renderer_for(
-                system,
-                size,
-                args.method,
-                spacing=args.spacing,
-                max_level=args.max_level,
-                sigma=args.sigma,
-                prefilter=args.prefilter,
-                chunk_size=args.chunk,
+            built.append(
+                renderer_for(
+                    trained,
+                    size,
+                    args.method,
+                    tolerance=args.tolerance,
+                    sigma=args.sigma,
+                    prefilter=args.prefilter,
+                    chunk_size=args.chunk,
+                )
             )
+            return built[-1]
 
         compare = None
         if args.method != "dense" and not args.no_compare:
-            compare = DenseRenderer(system.network, size, chunk_size=args.chunk)
+            compare = DenseRenderer(trained.network, size, chunk_size=args.chunk)
         result = render_to_array(
             build,
             size,
             tile_size=args.tile,
             bits=args.bits,
             compare=compare,
-            device=system.device,
+            device=trained.device,
         )
     print(
-        f"{args.method} render {size[0]}x{size[1]} ({size[0] / system.size[0]:g}x the training "
+        f"{args.method} render {size[0]}x{size[1]} ({size[0] / trained.size[0]:g}x the training "
         f"size): {result.seconds:.3f} s, {result.evaluations} network evaluations"
     )
+    chose = describe(built[0])
+    if chose:
+        print(chose)
     if compare is not None:
         print(
             f"dense render for comparison: {result.compare_seconds:.3f} s; "

@@ -1,24 +1,21 @@
-"""The Lightning system: fit a coordinate network to one image, sparsely or densely.
+"""The Lightning system: fit a coordinate network to one image, choosing each step which pixels it
+sees.
 
 The network (coordinates in [-1, 1]^2 -> C values) *is* the implicit image: what training leaves
-behind, queried anywhere and rendered at any size. Sparse training evaluates it only at N
-adaptively placed points per step and reconstructs the raster (or a crop) from those N values
-with ``nuir.interpolate``. Two objectives:
+behind, queried anywhere and rendered at any size. Which pixels it is trained on each step, and
+with what weight, is the sampler's decision (``models.sampling``): every pixel, uniformly random
+pixels, nuir's stratified adaptive points, or the published methods EVOS, INT and Soft Mining.
+Two objectives:
 
-- ``"implicit"`` (default): every step each point draws a fresh sample position in its cell
-  (``models.point_set``), snapped to the nearest pixel centre. The network's values there are
-  compared with those pixels (the network learns the image everywhere, one stratified sample per
-  cell per step); the same values, interpolated by the points' Gaussians, reconstruct the raster,
-  and that loss trains the positions and sigma (and, scaled by ``value_gradient``, the network).
-  The points adapt: they split where the network's error is high and are pruned where it is low,
-  within the budget ``max_points``.
-- ``"reconstruction"``: the loss is on the reconstruction from the network's values at N fixed
-  learnable points only. Its model is the point set: the best 1x reconstruction from N values,
-  but the network is free between the points and is *not* the image there. Kept for comparison
-  and for uses that only need the 1x reconstruction.
-
-Dense baselines: ``mode="dense"`` evaluates the network at every pixel (of the crop) each step,
-``"dense_random"`` at ``n_points`` random pixels.
+- ``"implicit"`` (default): the network is evaluated at the sampler's pixels and compared with
+  them (weighted mean squared error). With a point set (``StratifiedPoints``) and
+  ``reconstruction.weight > 0``, the same values, placed at the samples and interpolated by the
+  points' Gaussians through ``nuir.interpolate``, also reconstruct the raster (or the crop), and
+  that loss trains the points' positions and sigmas (and, scaled by
+  ``reconstruction.value_gradient``, the network).
+- ``"reconstruction"``: the loss is on the reconstruction from the network's values at the N
+  learnable points only (the point set is the model: the best 1x reconstruction from N values,
+  but the network is free between the points and is *not* the image there).
 
 Coordinates: points are (x, y) in pixel units (pixel (r, s) has its centre at (s, r)); the network
 sees ``nuir.geometry.pixel_to_unit(points)`` in [-1, 1]^2.
@@ -28,6 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Literal
 
 import pytorch_lightning as pl
@@ -41,16 +39,43 @@ from torchmetrics.functional.image import (
 )
 
 import nuir
-from models.point_set import AdaptSchedule, PointSet
-from nuir._validate import mean_spacing
-from nuir.geometry import pixel_centres, pixel_to_unit, points_reaching, tile_windows
+from models.point_set import PointSet
+from models.sampling import PixelBatch, PixelSampler, StepContext, StratifiedPoints
+from nuir.geometry import pixel_centres, pixel_to_unit, tile_windows
 from nuir.renderers import evaluate_network
-from nuir.samplers import PLACEMENTS, grid_strata, local_spacing, sample_points
 
-Mode = Literal["sparse", "dense", "dense_random"]
 Objective = Literal["implicit", "reconstruction"]
-Placement = Literal["grid", "jittered", "random", "blue_noise", "gradient"]
 Window = tuple[int, int, int, int]  # (row0, col0, height, width)
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """The point set's reconstruction of the image through ``nuir.interpolate`` during training.
+
+    weight: its loss weight (0: computed and logged at validation only, the points' positions and
+        sigma are not trained). every: take it every this many steps. value_gradient: scale of its
+        gradient into the network (0: the network learns from its samples only). cutoff: the
+        Gaussians' Mahalanobis radius.
+    """
+
+    weight: float = 0.0
+    every: int = 1
+    value_gradient: float = 0.0
+    cutoff: float = 3.0
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    """Adam's learning rates for the network, the points' positions and their sigma; the schedule
+    (``cosine``: decay to ``final_fraction`` of each rate over the run, or ``constant``); the loss
+    (``mse`` or ``l1``)."""
+
+    lr_network: float = 1e-3
+    lr_points: float = 1e-3
+    lr_sigma: float = 1e-2
+    schedule: Literal["constant", "cosine"] = "cosine"
+    final_fraction: float = 0.1
+    loss: Literal["mse", "l1"] = "mse"
 
 
 class ImplicitImageSystem(pl.LightningModule):
@@ -58,72 +83,26 @@ class ImplicitImageSystem(pl.LightningModule):
 
     Args:
         network: the coordinate network, e.g. ``models.siren.Siren``.
-        mode: ``"sparse"`` (network at N points + interpolation), ``"dense"`` (network at every
-            pixel) or ``"dense_random"`` (network at N random pixels per step).
-        objective: sparse mode: ``"implicit"`` or ``"reconstruction"`` (module docstring).
-        n_points: N, the initial number of points (sparse) or pixels per step (dense_random).
-        max_points: the budget the point set may grow to (default: n_points, no growth).
-        placement: initial positions: ``"grid"``, ``"jittered"``, ``"random"``,
-            ``"blue_noise"`` or ``"gradient"`` (importance sampling by the target's gradient).
-        initial_sigma: Gaussian standard deviation in pixels at the start, the same for every
-            point; default (None): half of each point's distance to its 4 nearest neighbours.
-        learn_points: train the positions (else they stay where placed or adapted).
-        learn_sigma: train one sigma per point (kept in [0.3 px, 4 x the largest initial one]).
-        jitter: implicit objective: the fraction of its stratum (its cell of the grid, or a
-            square as wide as its neighbour spacing) in which each point draws its sample every
-            step; 0 samples at the strata's centres.
-        reconstruction_weight: implicit objective: weight of the reconstruction loss, which
-            trains the positions and sigma (0: no reconstruction during training).
-        reconstruction_every: implicit objective: take the reconstruction loss every this many
-            steps only (it costs about a third of a step; the network does not learn from it).
-        value_gradient: implicit objective: scale of the reconstruction loss's gradient into the
-            network (0: the network learns from its samples only; see the README).
-        adapt_interval, adapt_start, adapt_end: densify / prune every ``adapt_interval`` steps
-            from step ``adapt_start`` to ``adapt_end`` (None: to the end); 0 turns it off.
-        grow_fraction, prune_fraction: at most this fraction of the set split / pruned per
-            adaptation.
-        cutoff: Mahalanobis radius of each Gaussian (``nuir.interpolate``'s cutoff).
-        loss: ``"mse"`` or ``"l1"``.
-        lr_network, lr_points, lr_sigma: Adam learning rates of the three parameter groups. The
-            positions' rate is low on purpose: Adam moves a point by about the rate per step,
-            and points that drift far from their cells leave parts of the image unsampled.
-        lr_schedule: ``"constant"`` or ``"cosine"`` (decay to ``lr_final_fraction`` of each rate
-            over the trainer's ``max_steps``).
-        lr_final_fraction: final learning rate as a fraction of the initial one (cosine).
+        sampler: which pixels each step sees (``models.sampling``); default: nuir's
+            ``StratifiedPoints`` with 16384 points.
+        objective: ``"implicit"`` or ``"reconstruction"`` (module docstring).
+        reconstruction: the reconstruction through the operator (:class:`Reconstruction`).
+        optimisation: learning rates, schedule and loss (:class:`Optimisation`).
         crop_size: train on a random crop_size x crop_size window per step instead of the whole
             image (for large images); None for the whole image.
         chunk_size: network evaluations per call when evaluating without gradients.
-        seed: seeds the placement and the per-step randomness (samples, crops, pixel batches);
-            each step draws from ``seed`` and the step number, so a resumed run repeats them.
+        seed: seeds the placement and the per-step randomness (samples, crops, pixel draws);
+            each step draws from ``seed``, the step and the process rank, so a resumed run
+            repeats them.
     """
 
     def __init__(
         self,
         network: nn.Module,
-        mode: Mode = "sparse",
+        sampler: PixelSampler | None = None,
         objective: Objective = "implicit",
-        n_points: int = 16384,
-        max_points: int | None = None,
-        placement: Placement = "grid",
-        initial_sigma: float | None = None,
-        learn_points: bool = True,
-        learn_sigma: bool = True,
-        jitter: float = 1.0,
-        reconstruction_weight: float = 1.0,
-        reconstruction_every: int = 1,
-        value_gradient: float = 0.0,
-        adapt_interval: int = 0,
-        adapt_start: int = 0,
-        adapt_end: int | None = None,
-        grow_fraction: float = 0.1,
-        prune_fraction: float = 0.02,
-        cutoff: float = 3.0,
-        loss: Literal["mse", "l1"] = "mse",
-        lr_network: float = 1e-3,
-        lr_points: float = 1e-3,
-        lr_sigma: float = 1e-2,
-        lr_schedule: Literal["constant", "cosine"] = "cosine",
-        lr_final_fraction: float = 0.1,
+        reconstruction: Reconstruction = Reconstruction(),
+        optimisation: Optimisation = Optimisation(),
         crop_size: int | None = None,
         chunk_size: int = 65536,
         seed: int = 0,
@@ -131,93 +110,59 @@ class ImplicitImageSystem(pl.LightningModule):
         super().__init__()
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
-        self.adapt_schedule = AdaptSchedule(
-            adapt_interval, adapt_start, adapt_end, grow_fraction, prune_fraction
-        )
-        _check_options(
-            mode=mode,
-            objective=objective,
-            placement=placement,
-            loss=loss,
-            lr_schedule=lr_schedule,
-            n_points=n_points,
-            max_points=max_points,
-            initial_sigma=initial_sigma,
-            jitter=jitter,
-            reconstruction_weight=reconstruction_weight,
-            reconstruction_every=reconstruction_every,
-            value_gradient=value_gradient,
-            cutoff=cutoff,
-            lr_network=lr_network,
-            lr_points=lr_points,
-            lr_sigma=lr_sigma,
-            lr_final_fraction=lr_final_fraction,
-            crop_size=crop_size,
-            chunk_size=chunk_size,
-        )
-        if mode == "sparse":
-            self.adapt_schedule.check(n_points, max_points or n_points)
+        sampler = StratifiedPoints() if sampler is None else sampler
+        if not isinstance(sampler, PixelSampler):
+            raise TypeError(
+                f"sampler must be a models.sampling.PixelSampler, got {type(sampler).__name__}"
+            )
+        _check_options(objective, reconstruction, optimisation, crop_size, chunk_size, sampler)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters()
-        if isinstance(self.hparams.get("network"), nn.Module):
-            # Built in Python rather than from a config: the weights live in the state dict.
-            self.save_hyperparameters(ignore=["network"])
+        built_here = [
+            n for n in ("network", "sampler") if isinstance(self.hparams.get(n), nn.Module)
+        ]
+        if built_here:  # built in Python rather than from a config: the state dict holds them
+            self.save_hyperparameters(ignore=built_here)
 
         self.network = network
-        self.mode = mode
+        self.sampler = sampler
         self.objective = objective
-        self.n_points = n_points
-        self.placement = placement
-        self.initial_sigma = initial_sigma
-        self.jitter = float(jitter)
-        self.reconstruction_weight = float(reconstruction_weight)
-        self.reconstruction_every = reconstruction_every
-        self.value_gradient = float(value_gradient)
-        self.cutoff = float(cutoff)
-        self.loss_name = loss
-        self.learning_rates = {"network": lr_network, "points": lr_points, "sigma": lr_sigma}
-        self.lr_schedule = lr_schedule
-        self.lr_final_fraction = float(lr_final_fraction)
+        self.reconstruction = reconstruction
+        self.optimisation = optimisation
         self.crop_size = crop_size
         self.chunk_size = chunk_size
         self.seed = int(seed)
+        if isinstance(sampler, StratifiedPoints):
+            sampler.cutoff = reconstruction.cutoff
+            sampler.seed = self.seed
+            if objective == "implicit" and reconstruction.weight == 0:
+                sampler.freeze()  # nothing trains the Gaussians
         # A caller with its own clock (a benchmark with a wall-time budget) sets the fraction of
-        # the run done here before each step; the cosine schedule then follows it.
+        # the run done here before each step; the schedules then follow it.
         self.external_progress: float | None = None
 
         # Shapes fixed here so a checkpoint loads into a freshly constructed system.
         self.register_buffer("image_size", torch.zeros(2, dtype=torch.int64))  # (H, W)
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
         self.register_buffer("network_evaluations", torch.zeros((), dtype=torch.int64))
-        self.point_set: PointSet | None = None
-        if mode == "sparse":
-            self.point_set = PointSet(
-                max_points or n_points,
-                learn_positions=learn_points,
-                learn_sigma=learn_sigma,
-            )
         self.last_validation: dict[str, torch.Tensor] = {}  # images for the logging callback
         self.show_summary = True  # print the final figures and next commands when fit ends
         self.last_window: Window | None = None  # the window the last training step used
+        self._image: torch.Tensor | None = None  # the whole target in float, without crops
+        self._step_batch: tuple[PixelBatch, torch.Tensor] | None = None
 
     # --- set-up -------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
         data = self.datamodule
-        image = data.image if self.placement == "gradient" and not bool(self.initialised) else None
-        self.initialise(data.size, data.num_channels, image)
+        self.initialise(data.size, data.num_channels, None if self.crop_size else data.image)
         world = self.trainer.world_size
-        if world > 1 and self.crop_size is None and self.mode != "dense_random":
+        if world > 1 and self.crop_size is None:
             rank_zero_warn(
-                f"{world} processes train without --model.crop_size: every one of them "
-                + (
-                    "reconstructs the whole image each step (only the points' samples differ)"
-                    if self.mode == "sparse"
-                    else "evaluates the network at every pixel each step: the same work"
-                )
-                + f", so they cost {world} times one and supervise little more. Set "
-                "--model.crop_size so each process trains on its own crop.",
+                f"{world} processes train without --model.crop_size: each of them trains on the "
+                "whole image (only their samples differ). Set --model.crop_size so each process "
+                "trains on its own crop.",
                 category=UserWarning,
             )
 
@@ -234,6 +179,9 @@ class ImplicitImageSystem(pl.LightningModule):
 
     def target(self, window: Window) -> torch.Tensor:
         """The target image's pixels in a window, on this system's device: [C, h, w]."""
+        if self._image is not None:
+            row0, col0, h, w = window
+            return self._image[:, row0 : row0 + h, col0 : col0 + w]
         return self.datamodule.window(window).to(self.device)
 
     def configure_callbacks(self) -> list[Callback]:
@@ -249,9 +197,8 @@ class ImplicitImageSystem(pl.LightningModule):
     def initialise(
         self, size: tuple[int, int], channels: int, image: torch.Tensor | None = None
     ) -> None:
-        """Check the network against the image's channels and place the points (once).
-
-        ``image`` [C, H, W] is needed only by the ``"gradient"`` placement."""
+        """Check the network against the image's channels, remember the size and set up the
+        sampler. ``image`` [C, H, W] is the whole target (None when it is read by crops)."""
         height, width = size
         out = self.network(torch.zeros(1, 2, device=self.device, dtype=self.coordinate_dtype))
         if out.dim() != 2 or out.shape[-1] != channels:
@@ -260,45 +207,30 @@ class ImplicitImageSystem(pl.LightningModule):
                 f"{channels}; set the network's out_features to {channels} "
                 "(e.g. --model.network.init_args.out_features " + str(channels) + ")"
             )
-        if bool(self.initialised):
-            if tuple(self.image_size.tolist()) != (height, width):
-                raise ValueError(
-                    f"this system was trained on a {tuple(self.image_size.tolist())} image, "
-                    f"the data is {(height, width)}"
-                )
-            return
-        self.image_size.copy_(torch.tensor([height, width]))
-        if self.point_set is not None:
-            generator = torch.Generator().manual_seed(self.seed)
-            points = sample_points(
-                self.placement, (height, width), self.n_points, image=image, generator=generator
+        if bool(self.initialised) and tuple(self.image_size.tolist()) != (height, width):
+            raise ValueError(
+                f"this system was trained on a {tuple(self.image_size.tolist())} image, "
+                f"the data is {(height, width)}"
             )
-            if self.initial_sigma is not None:
-                sigma = torch.full((self.n_points,), float(self.initial_sigma))
-            else:
-                spacing = mean_spacing((height, width), self.n_points)
-                sigma = 0.5 * local_spacing(points, fallback=spacing)  # [N]
-            strata = None  # squares around the points, as wide as their spacing
-            if self.placement in ("grid", "jittered"):  # the grid's cells, tiling the image
-                strata = grid_strata((height, width), self.n_points)
-            device = self.device
-            self.point_set.place(points.to(device), sigma.to(device), strata)
+        if self.sampler.whole_image and image is None:
+            raise ValueError(
+                f"the {type(self.sampler).__name__} sampler needs the whole image each step: "
+                "unset --model.crop_size"
+            )
+        self.image_size.copy_(torch.tensor([height, width]))
+        self._image = None if image is None else image.to(self.device, torch.float32)
+        generator = torch.Generator().manual_seed(self.seed)
+        self.sampler.setup(self._image, (height, width), generator)
         self.initialised.fill_(True)
 
     def configure_optimizers(self):
         rates = self.learning_rates
         groups = [{"params": list(self.network.parameters()), "lr": rates["network"]}]
-        if self.point_set is not None:
-            for name, parameter in (
-                ("points", self.point_set.positions),
-                ("sigma", self.point_set.log_sigma),
-            ):
-                if parameter.requires_grad:
-                    groups.append({"params": [parameter], "lr": rates[name]})
+        groups += self.sampler.parameter_groups(rates)
         optimizer = torch.optim.Adam(groups)
-        if self.lr_schedule != "cosine":
+        if self.optimisation.schedule != "cosine":
             return optimizer
-        final = self.lr_final_fraction
+        final = self.optimisation.final_fraction
 
         def factor(step: int) -> float:
             progress = self.training_progress(step)
@@ -309,6 +241,11 @@ class ImplicitImageSystem(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    @property
+    def learning_rates(self) -> dict[str, float]:
+        o = self.optimisation
+        return {"network": o.lr_network, "points": o.lr_points, "sigma": o.lr_sigma}
 
     def training_progress(self, step: int) -> float:
         """Fraction of the run done after ``step`` steps: ``external_progress`` when a caller
@@ -336,23 +273,37 @@ class ImplicitImageSystem(pl.LightningModule):
         return int(height), int(width)
 
     @property
+    def point_set(self) -> PointSet | None:
+        """The sampler's points (``StratifiedPoints``), None for other samplers."""
+        return getattr(self.sampler, "point_set", None)
+
+    @property
+    def cutoff(self) -> float:
+        return self.reconstruction.cutoff
+
+    @property
     def points(self) -> torch.Tensor:
-        """Positions of the points in use [n, 2] (sparse mode)."""
+        """Positions of the points in use [n, 2] (with a point set)."""
         return self.point_set.xy()
 
     def sigma(self) -> torch.Tensor:
-        """Sigma in pixels of the points in use [n] (sparse mode)."""
+        """Sigma in pixels of the points in use [n] (with a point set)."""
         return self.point_set.sigma()
 
     def points_reaching(self, window: Window) -> torch.Tensor | None:
-        """Indices [n] of the points whose Gaussian, wherever it sits in their stratum, reaches
-        the window (None: the window is the whole image)."""
-        if window[2:] == self.size:
-            return None
-        count = self.point_set.count
-        strata = self.point_set.strata[:count]
-        reach = self.cutoff * self.sigma().detach()[:, None] + strata[:, 2:] / 2  # [n, 2]
-        return points_reaching(strata[:, :2], reach, window)
+        """Indices [n] of the points whose Gaussian reaches the window (None: the whole image)."""
+        return self.sampler.reaching(window, self.size)
+
+    def coordinates(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Network coordinates [n, 2] of the centres of pixels (rows [n], cols [n])."""
+        centres = torch.stack([cols, rows], dim=-1).to(self.device, self.coordinate_dtype)
+        return pixel_to_unit(centres, self.size)
+
+    @torch.no_grad()
+    def predict_pixels(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """The network at pixel centres without gradients (counted as evaluations): [n, C]."""
+        self.network_evaluations += rows.numel()
+        return evaluate_network(self.network, self.coordinates(rows, cols), self.chunk_size)
 
     def reconstruct_window(self, window: Window | None = None) -> tuple[torch.Tensor, int]:
         """Sparse reconstruction of a window (row0, col0, h, w), differentiably, from the network
@@ -372,16 +323,9 @@ class ImplicitImageSystem(pl.LightningModule):
         image = nuir.interpolate(points - offset, values, (h, w), sigma, cutoff=self.cutoff)
         return image, int(points.shape[0])
 
-    def dense_window(self, window: Window) -> torch.Tensor:
-        """The network at every pixel of a window, differentiably: [C, h, w]."""
-        _, _, h, w = window
-        centres = pixel_centres(window, device=self.device, dtype=self.coordinate_dtype)
-        values = self.network(pixel_to_unit(centres, self.size))  # [h*w, C]
-        return values.T.reshape(-1, h, w)
-
     def reconstruct(self) -> torch.Tensor:
-        """The point set's image of the whole raster, without gradients: [C, H, W]: the network
-        at the points, interpolated (sparse mode); the network at every pixel otherwise."""
+        """The point set's image of the whole raster, without gradients: [C, H, W] (the network
+        at every pixel without a point set)."""
         if self.point_set is None:
             return self.network_image()
         return self.reconstruct_tile((0, 0, *self.size))
@@ -412,102 +356,104 @@ class ImplicitImageSystem(pl.LightningModule):
     ) -> torch.Tensor:
         """Mean squared (or absolute) error; ``weight`` [n] weighs the rows of [n, C] inputs."""
         difference = prediction - target
-        error = difference.abs() if self.loss_name == "l1" else difference.square()
+        error = difference.abs() if self.optimisation.loss == "l1" else difference.square()
         if weight is None:
             return error.mean()
         return (error * weight[:, None]).mean()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         generator = self.step_generator()  # the batch is only the step number: draws are ours
-        if self.mode == "dense_random":
-            loss, evaluations = self.dense_random_step(generator)
+        window = self.random_window(generator)
+        self.last_window = window
+        if self.objective == "reconstruction":
+            crop = self.target(window)
+            prediction, evaluations = self.reconstruct_window(window)
+            loss = self.loss_fn(prediction, crop)
+            self.network_evaluations += evaluations
+            self.log("train/psnr_reconstruction", _psnr(prediction, crop))
         else:
-            window = self.random_window(generator)
-            self.last_window = window
-            crop = self.target(window)  # [C, h, w]
-            if self.mode == "dense":
-                loss, evaluations = self.loss_fn(self.dense_window(window), crop), crop[0].numel()
-            elif self.objective == "reconstruction":
-                prediction, evaluations = self.reconstruct_window(window)
-                loss = self.loss_fn(prediction, crop)
-                self.log("train/psnr_reconstruction", _psnr(prediction, crop))
-            else:
-                loss, evaluations = self.implicit_step(window, crop, generator)
-        self.network_evaluations += evaluations
+            context = StepContext(
+                step=int(self.global_step),
+                progress=self.training_progress(int(self.global_step)),
+                window=window,
+                generator=generator,
+                predict=self.predict_pixels,
+            )
+            loss = self.implicit_step(context)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/network_evaluations", self.network_evaluations.double())
         if self.point_set is not None:
             self.log("train/points", float(self.point_set.count))
         return loss
 
-    def dense_random_step(self, generator: torch.Generator) -> tuple[torch.Tensor, int]:
-        height, width = self.size
-        index = torch.randint(0, height * width, (self.n_points,), generator=generator)  # [n]
-        rows, columns = index // width, index % width
-        samples = self.datamodule.pixels_at(rows, columns).to(self.device)  # [n, C]
-        centres = torch.stack([columns, rows], dim=-1).to(self.device, self.coordinate_dtype)
-        prediction = self.network(pixel_to_unit(centres, self.size))
-        self.log("train/psnr_samples", _psnr(prediction, samples))
-        return self.loss_fn(prediction, samples), self.n_points
+    def implicit_step(self, context: StepContext) -> torch.Tensor:
+        """The implicit objective on the sampler's pixels (see the module docstring)."""
+        batch = self.sampler.draw(context)
+        row0, col0, _, _ = context.window
+        coordinates = self.coordinates(batch.rows, batch.cols)
+        if self.sampler.wants_coordinate_grad:
+            coordinates.requires_grad_(True)
+        prediction = self.network(coordinates)  # [n, C]
+        crop = self.target(context.window)
+        pixels = crop[:, batch.rows.to(crop.device) - row0, batch.cols.to(crop.device) - col0].T
+        extra = self.sampler.observe(batch, prediction, pixels, context)  # may set the weights
+        loss = self.loss_fn(prediction, pixels, batch.weights)
+        if extra is not None:
+            loss = loss + extra
+        self.network_evaluations += len(batch)
+        self._step_batch = (batch, coordinates) if self.sampler.wants_coordinate_grad else None
+        self.log("train/psnr_samples", _psnr(prediction, pixels), prog_bar=True)
+        return loss + self.reconstruction_loss(batch, prediction, context, crop)
 
-    def implicit_step(
-        self, window: Window, crop: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, int]:
-        """The implicit objective on one window (see the module docstring)."""
-        height, width = self.size
-        row0, col0, h, w = window
-        index = self.points_reaching(window)
-        if index is None:
-            index = torch.arange(self.point_set.count, device=self.device)
-        samples = self.point_set.samples(index, generator, self.jitter)  # [n, 2]
-        limit = samples.new_tensor([width - 1, height - 1])
-        centres = torch.minimum(samples.round().clamp_min(0), limit)  # [n, 2] pixel centres
+    def reconstruction_loss(
+        self,
+        batch: PixelBatch,
+        prediction: torch.Tensor,
+        context: StepContext,
+        crop: torch.Tensor,
+    ) -> torch.Tensor | float:
+        """The samples' values interpolated by their points' Gaussians, against the crop: the
+        loss that trains the positions and sigma (0 when off or not due this step)."""
+        settings = self.reconstruction
+        if self.point_set is None or settings.weight == 0:
+            return 0.0
+        positions, log_sigma = self.point_set.positions, self.point_set.log_sigma
+        if context.step % settings.every != 0:
+            # Every parameter takes part in every step (distributed training requires it).
+            return 0.0 * (positions.sum() + log_sigma.sum())
+        row0, col0, h, w = context.window
+        centres = torch.stack([batch.cols, batch.rows], dim=-1).to(positions)  # [n, 2]
         # Straight through: the Gaussians sit on the sampled pixel centres, and their position
         # gradient moves the points (which the reconstruction of the whole image uses).
-        anchors = self.point_set.positions[index]  # [n, 2]
+        anchors = positions[batch.ids]
         samples = anchors + (centres - anchors).detach()
-        values = self.network(pixel_to_unit(centres.to(self.coordinate_dtype), self.size))
+        carried = prediction.detach()
+        if settings.value_gradient != 0:
+            carried = carried + settings.value_gradient * (prediction - prediction.detach())
+        offset = samples.new_tensor([col0, row0])
+        reconstruction = nuir.interpolate(
+            samples - offset, carried, (h, w), log_sigma[batch.ids].exp(), cutoff=self.cutoff
+        )
+        self.log("train/psnr_reconstruction", _psnr(reconstruction, crop))
+        return settings.weight * self.loss_fn(reconstruction, crop)
 
-        local = centres.long() - torch.tensor([col0, row0], device=centres.device)  # [n, 2]
-        inside = ((local >= 0) & (local < torch.tensor([w, h], device=local.device))).all(1)
-        pixels = crop[:, local[inside, 1], local[inside, 0]].T  # [m, C]
-        # Each sample stands for its cell: weighted by the cell's area, the loss estimates the
-        # image's error however unevenly adaptation has spread the points.
-        area = self.point_set.strata[index[inside], 2:].prod(1)  # [m]
-        loss = self.loss_fn(values[inside], pixels, weight=area / area.mean())
-        squared_error = (values[inside] - pixels).detach().square().sum(1)  # [m]
-        self.point_set.record_error(index[inside], squared_error)
-        self.log("train/psnr_samples", _psnr(values[inside], pixels), prog_bar=True)
-
-        if self.reconstruction_weight > 0 and self.global_step % self.reconstruction_every == 0:
-            scale = self.value_gradient  # of the gradient into the network through the values
-            carried = values.detach()
-            if scale != 0:
-                carried = carried + scale * (values - values.detach())
-            offset = samples.new_tensor([col0, row0])
-            sigma = self.point_set.log_sigma[index].exp()
-            reconstruction = nuir.interpolate(
-                samples - offset, carried, (h, w), sigma, cutoff=self.cutoff
-            )
-            loss = loss + self.reconstruction_weight * self.loss_fn(reconstruction, crop)
-            self.log("train/psnr_reconstruction", _psnr(reconstruction, crop))
-        return loss, int(index.numel())
+    def on_after_backward(self) -> None:
+        if self._step_batch is not None:
+            batch, coordinates = self._step_batch
+            if coordinates.grad is not None:
+                self.sampler.after_backward(batch, coordinates.grad)
+            self._step_batch = None
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.point_set is None:
-            return
-        self.point_set.clamp_()
+        reduce = None
+        if self._trainer is not None and self.trainer.world_size > 1:
+            strategy = self.trainer.strategy
+            reduce = lambda t: strategy.reduce(t, reduce_op="sum")  # noqa: E731
+        optimizer = self.optimizers().optimizer if self._trainer is not None else None
         step = int(self.global_step)
-        if self.objective == "implicit" and self.adapt_schedule.due(step):
-            strategy = self.trainer.strategy if self._trainer is not None else None
-            reduce = None
-            if strategy is not None and self.trainer.world_size > 1:
-                reduce = lambda t: strategy.reduce(t, reduce_op="sum")  # noqa: E731
-            optimizer = self.optimizers().optimizer if self._trainer is not None else None
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step + 500_000_029)
-            pruned, grown = self.point_set.adapt(self.adapt_schedule, generator, optimizer, reduce)
-            self.log("train/points_pruned", float(pruned))
-            self.log("train/points_grown", float(grown))
+        logs = self.sampler.after_step(step, self.training_progress(step), optimizer, reduce)
+        for name, value in logs.items():
+            self.log(f"train/{name}", value)
 
     # --- validation -------------------------------------------------------------------------
 
@@ -626,39 +572,45 @@ def _ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return structural_similarity_index_measure(prediction[None], target[None], data_range=1.0)
 
 
-def _check_options(**options) -> None:
+def _check_options(objective, reconstruction, optimisation, crop_size, chunk_size, sampler) -> None:
     """Raise a ValueError naming the first option that is out of range."""
-    choices = {
-        "mode": ("sparse", "dense", "dense_random"),
-        "objective": ("implicit", "reconstruction"),
-        "placement": PLACEMENTS,
-        "loss": ("mse", "l1"),
-        "lr_schedule": ("constant", "cosine"),
-    }
-    for name, allowed in choices.items():
-        if options[name] not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {options[name]!r}")
-    for name in ("n_points", "chunk_size", "reconstruction_every"):
-        value = options[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    max_points = options["max_points"]
-    if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int)):
-        raise ValueError(f"max_points must be an int or None, got {max_points!r}")
-    for name in ("initial_sigma",):
-        if options[name] is not None and not options[name] > 0:
-            raise ValueError(f"{name} must be > 0 or None, got {options[name]!r}")
-    if not options["cutoff"] > 0:
-        raise ValueError(f"cutoff must be > 0, got {options['cutoff']!r}")
-    if not 0 <= options["jitter"] <= 1:
-        raise ValueError(f"jitter must be in [0, 1], got {options['jitter']!r}")
-    for name in ("reconstruction_weight", "value_gradient", "lr_network", "lr_points", "lr_sigma"):
-        if not options[name] >= 0:
-            raise ValueError(f"{name} must be >= 0, got {options[name]!r}")
-    if not 0 < options["lr_final_fraction"] <= 1:
+    if objective not in ("implicit", "reconstruction"):
+        raise ValueError(f"objective must be 'implicit' or 'reconstruction', got {objective!r}")
+    if objective == "reconstruction" and not isinstance(sampler, StratifiedPoints):
         raise ValueError(
-            f"lr_final_fraction must be in (0, 1], got {options['lr_final_fraction']!r}"
+            "objective 'reconstruction' needs the StratifiedPoints sampler (a point set)"
         )
-    crop_size = options["crop_size"]
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    every = reconstruction.every
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"reconstruction.every must be a positive int, got {every!r}")
+    for name in ("weight", "value_gradient"):
+        if not getattr(reconstruction, name) >= 0:
+            raise ValueError(
+                f"reconstruction.{name} must be >= 0, got {getattr(reconstruction, name)!r}"
+            )
+    if not reconstruction.cutoff > 0:
+        raise ValueError(f"reconstruction.cutoff must be > 0, got {reconstruction.cutoff!r}")
+    for name in ("lr_network", "lr_points", "lr_sigma"):
+        if not getattr(optimisation, name) >= 0:
+            raise ValueError(
+                f"optimisation.{name} must be >= 0, got {getattr(optimisation, name)!r}"
+            )
+    if optimisation.schedule not in ("constant", "cosine"):
+        raise ValueError(
+            f"optimisation.schedule must be 'constant' or 'cosine', got {optimisation.schedule!r}"
+        )
+    if optimisation.loss not in ("mse", "l1"):
+        raise ValueError(f"optimisation.loss must be 'mse' or 'l1', got {optimisation.loss!r}")
+    if not 0 < optimisation.final_fraction <= 1:
+        raise ValueError(
+            f"optimisation.final_fraction must be in (0, 1], got {optimisation.final_fraction!r}"
+        )
     if crop_size is not None and (not isinstance(crop_size, int) or crop_size < 2):
         raise ValueError(f"crop_size must be an int >= 2 or None, got {crop_size!r}")
+    if reconstruction.weight > 0 and not isinstance(sampler, StratifiedPoints):
+        raise ValueError(
+            "reconstruction.weight > 0 needs the StratifiedPoints sampler (a point set); "
+            f"got {type(sampler).__name__}"
+        )

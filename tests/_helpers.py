@@ -86,7 +86,7 @@ def fit(tmp: Path, *overrides: str, run_dir: str = "run", steps: int = 4, size: 
         str(image),
         "--data.steps_per_epoch",
         "2",
-        "--model.n_points",
+        "--model.sampler.n_points",
         "200",
         "--trainer.max_steps",
         str(steps),

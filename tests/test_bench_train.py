@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import re
+import math
 import warnings
 from pathlib import Path
 
@@ -14,73 +14,69 @@ from models import bench_train
 SIZE = 24
 
 
-def test_bench_train_interleaves_variants_and_writes_curves(tmp_path: Path, capsys) -> None:
-    photo = tiny_photo(tmp_path / "photo.png", SIZE)
-    overrides = [
-        f"--data.path={photo}",
-        "--model.n_points=144",
-        "--model.max_points=180",
-        "--model.adapt_interval=2",
-        "--model.network.init_args.hidden_features=16",
-        "--model.network.init_args.hidden_layers=1",
-        "--trainer.accelerator=cpu",
-    ]
+def test_bench_train_interleaves_methods_and_writes_curves(tmp_path: Path, capsys) -> None:
+    photos = [tiny_photo(tmp_path / f"photo{i}.png", SIZE + 8 * i) for i in range(2)]
+    methods = ["all-pixels", "nuir", "evos", "int", "soft-mining"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         status = bench_train.main(
             [
-                "--budget", "1.2",
-                "--eval-every", "0.4",
-                "--slice", "0.3",
-                "--accelerator", "cpu",
-                "--render-scales", "2",
+                "--photos", *map(str, photos),
+                "--networks", "siren-3x128",
+                "--methods", *methods,
+                "--seeds", "0", "1",
+                "--budget", "0.8",
+                "--evals", "4",
+                "--slice", "0.2",
+                "--streams", "1",
                 "--out", str(tmp_path / "out"),
-                *(f"--override={argument}" for argument in overrides),
             ]
         )  # fmt: skip
     assert status == 0
     printed = capsys.readouterr().out
-    assert "interleaved in 0.3 s slices" in printed
-
-    with open(tmp_path / "out" / "train_curves.csv", newline="") as handle:
+    with open(tmp_path / "out" / "runs.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    by_variant: dict[str, list[dict]] = {}
-    for row in rows:
-        by_variant.setdefault(row["variant"], []).append(row)
-    assert list(by_variant) == list(bench_train.VARIANTS)
-    for name, curve in by_variant.items():
-        seconds = [float(row["seconds"]) for row in curve]
-        steps = [int(row["steps"]) for row in curve]
-        evaluations = [int(row["network_evaluations"]) for row in curve]
-        assert seconds == sorted(seconds) and steps == sorted(steps), name
-        assert seconds[-1] >= 1.2 and steps[-1] > 1, name
-        if name.startswith("dense"):  # every pixel, or N random pixels, per step
-            per_step = SIZE * SIZE if name == "dense" else 144
-            assert evaluations[-1] == steps[-1] * per_step, name
-        else:  # one per point in use: between N and the budget
-            assert 144 * steps[-1] <= evaluations[-1] <= 180 * steps[-1], name
-        assert float(curve[-1]["psnr_network"]) > float(curve[0]["psnr_network"]), name
-        reconstruction = [row["psnr_rec"] for row in curve]
-        assert (reconstruction[-1] == "nan") == name.startswith("dense"), name
-    assert (tmp_path / "out" / "train_psnr.png").stat().st_size > 0
-
-    table = re.findall(r"^\| (\w+) \| ([\d,]+) \| ([\d,]+|-) \| (\d+) \|", printed, re.MULTILINE)
-    assert [name for name, *_ in table] == list(bench_train.VARIANTS)
-    params = {name: (int(net.replace(",", "")), points) for name, net, points, _ in table}
-    assert params["implicit"][1] == "540" and params["dense"][1] == "-"  # 3 per slot of 180
-    # The wide baseline has the sparse model's parameter count (network + points), within a
-    # width step of the SIREN.
-    total = params["implicit"][0] + 540
-    assert abs(params["dense_random_wide"][0] - total) < 0.1 * total
-    assert "## render benchmark: the network trained implicit" in printed
-    assert "| 2x | 48x48 | adaptive |" in printed
+    runs = {(r["photo"], r["method"], r["seed"]) for r in rows}
+    assert len(runs) == 2 * len(methods) * 2
+    for photo, method, seed in runs:
+        curve = [r for r in rows if (r["photo"], r["method"], r["seed"]) == (photo, method, seed)]
+        seconds = [float(r["seconds"]) for r in curve]
+        steps = [int(r["steps"]) for r in curve]
+        assert seconds == sorted(seconds) and seconds[-1] >= 0.8, (photo, method)
+        assert steps == sorted(steps) and steps[-1] >= 1, (photo, method)
+        if method == "all-pixels":
+            pixels = {"photo0": SIZE**2, "photo1": (SIZE + 8) ** 2}[photo]
+            assert int(curve[-1]["evaluations"]) == steps[-1] * pixels
+    assert "| mean over photos (± spread over seeds) |" in printed
+    assert (
+        "(a) nuir reaches the all-pixels run's final PSNR" in printed or "never reaches" in printed
+    )
+    assert "(b) nuir - " in printed
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 0
+    assert (tmp_path / "out" / "summary.md").read_text().startswith("# training benchmark")
 
 
-def test_siren_width_for_a_parameter_count() -> None:
-    from models.siren import Siren
+def test_time_to_reach_interpolates_between_scores() -> None:
+    curve = [(0.0, 10.0, 0), (10.0, 20.0, 5), (20.0, 30.0, 10)]
+    assert bench_train.time_to_reach(curve, 25.0) == 15.0
+    assert bench_train.time_to_reach(curve, 10.0) == 0.0
+    assert math.isinf(bench_train.time_to_reach(curve, 31.0))
 
-    for target in (5_000, 50_000, 100_000):
-        width = bench_train.siren_width_for(target, hidden_layers=3, channels=3)
-        count = sum(p.numel() for p in Siren(2, 3, width, 3).parameters())
-        wider = sum(p.numel() for p in Siren(2, 3, width + 1, 3).parameters())
-        assert abs(count - target) <= wider - count
+
+def test_summary_states_the_targets_from_the_runs() -> None:
+    rows = []
+    for photo in ("a", "b"):
+        for seed in (0, 1):
+            for method, slope in (("all-pixels", 1.0), ("nuir", 3.0), ("evos", 2.0)):
+                for t in range(11):
+                    rows.append(
+                        {"photo": photo, "network": "siren-3x128", "method": method,
+                         "seed": seed, "seconds": t, "steps": t * 10, "evaluations": t,
+                         "psnr": 10 + slope * t + seed * 0.1}
+                    )  # fmt: skip
+    text = bench_train.summarise(rows, budget=10)
+    # all-pixels ends at 20 dB; nuir (10 + 3t) gets there at t = 3.33: a third of the budget.
+    assert "after 33 % of the budget on average" in text
+    assert "within 40 % in 4 of 4 runs" in text
+    assert "(b) nuir - evos (the best re-implemented method) = +10.00 dB" in text
+    assert "| mean over photos (± spread over seeds) | **20.05** ± 0.07 |" in text

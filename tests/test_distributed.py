@@ -28,9 +28,11 @@ def train(folder: Path, photo: Path, devices: int, steps: int) -> dict:
     record = folder / f"{devices}x{steps}"
     options = [
         f"--data.path={photo}",
-        f"--model.n_points={SIZE * SIZE // 4}",
-        f"--model.max_points={SIZE * SIZE // 3}",
-        "--model.adapt_interval=10",
+        f"--model.sampler.n_points={SIZE * SIZE // 4}",
+        f"--model.sampler.max_points={SIZE * SIZE // 3}",
+        "--model.sampler.adaptation.times=4",
+        "--model.sampler.adaptation.start=0",
+        "--model.sampler.adaptation.end=0.75",
         f"--model.crop_size={CROP}",
         f"--trainer.max_steps={steps}",
         "--trainer.logger=false",
@@ -71,9 +73,11 @@ def test_each_process_trains_on_its_own_crops(runs) -> None:
 
 def test_processes_hold_identical_parameters_and_points(runs) -> None:
     first, second = runs["two"]["states"]
-    assert int(first["point_set.active"]) > SIZE * SIZE // 4  # the set grew (and was pruned)
+    assert (
+        int(first["sampler.point_set.active"]) > SIZE * SIZE // 4
+    )  # the set grew (and was pruned)
     for name in first:
-        if name in ("network_evaluations", "point_set.error", "point_set.visits"):
+        if name in ("network_evaluations", "sampler.point_set.error", "sampler.point_set.visits"):
             continue  # per-process tallies (the error tallies are summed when the set adapts)
         assert torch.equal(first[name], second[name]), name
 

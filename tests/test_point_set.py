@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.point_set import MIN_SIGMA, AdaptSchedule, PointSet
+from models.point_set import MIN_SIGMA, Adaptation, PointSet
 from nuir.samplers import grid_strata, uniform_grid
 
 SIZE = (20, 20)
@@ -67,7 +67,7 @@ def tally_errors(points: PointSet, hot: slice) -> None:
 def test_adapt_splits_where_the_error_is_high_and_merges_where_it_is_low() -> None:
     points = placed(capacity=130)
     tally_errors(points, slice(0, 10))  # the first grid row
-    schedule = AdaptSchedule(interval=1, grow_fraction=0.2, prune_fraction=0.05)
+    schedule = Adaptation(times=1, grow_fraction=0.2, prune_fraction=0.05)
     pruned, grown = points.adapt(schedule, torch.Generator().manual_seed(0))
     # Nothing is denser than the initial grid yet, so nothing is pruned; the 10 hot points split
     # (each stratum into two halves), and 10 more.
@@ -89,20 +89,20 @@ def test_adapt_splits_where_the_error_is_high_and_merges_where_it_is_low() -> No
 def test_strata_narrower_than_one_and_a_half_pixels_do_not_split() -> None:
     points = placed(capacity=800, n=400)  # cells of 1 pixel
     tally_errors(points, slice(0, 400))
-    schedule = AdaptSchedule(interval=1, grow_fraction=0.5)
+    schedule = Adaptation(times=1, grow_fraction=0.5)
     assert points.adapt(schedule, torch.Generator().manual_seed(0)) == (0, 0)
 
 
 def test_adapt_never_exceeds_the_budget_nor_empties_the_set() -> None:
     points = placed(capacity=110)
-    schedule = AdaptSchedule(interval=1, grow_fraction=1.0, prune_fraction=0.0)
+    schedule = Adaptation(times=1, grow_fraction=1.0, prune_fraction=0.0)
     for seed in range(5):
         tally_errors(points, slice(0, points.count))
         points.adapt(schedule, torch.Generator().manual_seed(seed))
         assert points.count <= 110
     assert points.count == 110 and (coverage(points) == 1).all()
     small = placed(capacity=8, n=4, size=(8, 8))
-    harsh = AdaptSchedule(interval=1, grow_fraction=0.5, prune_fraction=0.99)
+    harsh = Adaptation(times=1, grow_fraction=0.5, prune_fraction=0.99)
     for seed in range(6):
         small.record_error(torch.arange(small.count), torch.rand(small.count))
         small.adapt(harsh, torch.Generator().manual_seed(seed))
@@ -114,7 +114,7 @@ def test_unvisited_points_are_neither_pruned_nor_split() -> None:
     points = placed()
     points.record_error(torch.arange(50), torch.rand(50))  # only the first half seen
     untouched = points.strata[50:100].clone()
-    schedule = AdaptSchedule(interval=1, grow_fraction=0.1, prune_fraction=0.1)
+    schedule = Adaptation(times=1, grow_fraction=0.1, prune_fraction=0.1)
     points.adapt(schedule, torch.Generator().manual_seed(0))
     kept = points.strata[: points.count]
     for row in untouched:  # every unvisited stratum is still there, unchanged
@@ -128,7 +128,7 @@ def test_adam_moments_follow_their_rows_and_new_rows_start_at_zero() -> None:
     optimizer.step()
     moments = optimizer.state[points.positions]["exp_avg"][:100].clone()
     tally_errors(points, slice(90, 100))
-    schedule = AdaptSchedule(interval=1, grow_fraction=0.1, prune_fraction=0.0)
+    schedule = Adaptation(times=1, grow_fraction=0.1, prune_fraction=0.0)
     _, grown = points.adapt(schedule, torch.Generator().manual_seed(0), optimizer)
     assert grown == 10
     state = optimizer.state[points.positions]
@@ -150,7 +150,7 @@ def test_positions_stay_in_their_strata() -> None:
 def test_state_dict_round_trip_restores_the_count() -> None:
     points = placed(capacity=150)
     tally_errors(points, slice(0, 20))
-    points.adapt(AdaptSchedule(interval=1), torch.Generator().manual_seed(0))
+    points.adapt(Adaptation(times=1), torch.Generator().manual_seed(0))
     fresh = PointSet(150)
     fresh.load_state_dict(points.state_dict())
     assert fresh.count == points.count
@@ -160,12 +160,13 @@ def test_state_dict_round_trip_restores_the_count() -> None:
 @pytest.mark.parametrize(
     "schedule, initial, budget, message",
     [
-        (AdaptSchedule(interval=10), 100, 50, "max_points"),
-        (AdaptSchedule(interval=0), 100, 200, "adapt_interval > 0"),
-        (AdaptSchedule(interval=-5), 100, 100, "adapt_interval"),
-        (AdaptSchedule(interval=10, start=100, end=50), 100, 100, "adapt_end"),
-        (AdaptSchedule(interval=10, grow_fraction=0.0), 100, 100, "grow_fraction"),
-        (AdaptSchedule(interval=10, prune_fraction=1.0), 100, 100, "prune_fraction"),
+        (Adaptation(times=10), 100, 50, "max_points"),
+        (Adaptation(times=0), 100, 200, "adaptation.times > 0"),
+        (Adaptation(times=-5), 100, 100, "adaptation.times"),
+        (Adaptation(times=3, start=0.5, end=0.2), 100, 100, "start and adaptation.end"),
+        (Adaptation(times=3, end=1.5), 100, 100, "start and adaptation.end"),
+        (Adaptation(times=10, grow_fraction=0.0), 100, 100, "grow_fraction"),
+        (Adaptation(times=10, prune_fraction=1.0), 100, 100, "prune_fraction"),
     ],
 )
 def test_impossible_schedules_are_rejected_by_name(schedule, initial, budget, message) -> None:
@@ -173,8 +174,14 @@ def test_impossible_schedules_are_rejected_by_name(schedule, initial, budget, me
         schedule.check(initial, budget)
 
 
-def test_schedule_due_steps() -> None:
-    schedule = AdaptSchedule(interval=100, start=200, end=500)
-    assert [step for step in range(0, 800) if schedule.due(step)] == [300, 400, 500]
-    assert not any(AdaptSchedule().due(step) for step in range(1000))
-    assert len([step for step in range(1, 1001) if AdaptSchedule(50).due(step)]) == 20
+def test_schedule_spreads_its_adaptations_over_the_run() -> None:
+    # The main job's schedule: 11 adaptations from 10 % to 60 % of 2000 steps.
+    schedule, done, steps = Adaptation(times=11, start=0.1, end=0.6), 0, []
+    for step in range(1, 2001):
+        if schedule.due(done, step / 2000):
+            done += 1
+            steps.append(step)
+    assert steps == list(range(200, 1201, 100))
+    assert not any(Adaptation().due(0, p / 100) for p in range(101))
+    single = Adaptation(times=1, start=0.5, end=0.5)
+    assert not single.due(0, 0.49) and single.due(0, 0.5) and not single.due(1, 1.0)

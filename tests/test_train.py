@@ -14,17 +14,27 @@ from PIL import Image
 
 import nuir
 from models.data import DEFAULT_IMAGE, ImageDataModule, load_image
+from models.sampling import StratifiedPoints
 from models.siren import Siren
-from models.system import ImplicitImageSystem
+from models.system import ImplicitImageSystem, Reconstruction
 from nuir.geometry import pixel_to_unit
 from nuir.samplers import uniform_grid
 
 
 def test_point_positions_change_after_training_steps(tmp_path: Path) -> None:
-    cli = fit(tmp_path, "--model.placement", "gradient", "--model.learn_sigma", "false", steps=2)
+    cli = fit(
+        tmp_path,
+        "--model.sampler.placement",
+        "gradient",
+        "--model.sampler.learn_sigma",
+        "false",
+        steps=2,
+    )
     system = cli.model
     initial = ImplicitImageSystem(
-        Siren(out_features=3), n_points=200, placement="gradient", learn_sigma=False
+        Siren(out_features=3),
+        StratifiedPoints(n_points=200, placement="gradient", learn_sigma=False),
+        reconstruction=Reconstruction(weight=1.0),
     )
     initial.initialise_from_target(cli.datamodule.image)
     moved = (system.points.detach() - initial.points.detach()).norm(dim=1)  # [N]
@@ -42,9 +52,8 @@ def test_position_gradient_flows_through_weights_and_network_values() -> None:
     target = torch.rand(1, 12, 12, dtype=torch.float64)
     system = ImplicitImageSystem(
         Siren(out_features=1, hidden_features=16, hidden_layers=1),
+        StratifiedPoints(n_points=30, placement="random"),
         objective="reconstruction",
-        n_points=30,
-        placement="random",
     ).double()
     system.initialise_from_target(target)
     positions = system.point_set.positions  # the parameter [N, 2] (all 30 slots in use)
@@ -91,7 +100,9 @@ def event_tags(log_dir: Path):
 
 
 def test_event_file_holds_scalars_images_histogram_and_hparams(tmp_path: Path) -> None:
-    fit(tmp_path, "--model.learn_sigma", "true", "--trainer.log_every_n_steps", "1", steps=4)
+    fit(
+        tmp_path, "--model.sampler.learn_sigma", "true", "--trainer.log_every_n_steps", "1", steps=4
+    )
     log_dir = tmp_path / "run" / "logs" / "version_0"
     events = event_tags(log_dir)
     tags = events.Tags()
@@ -127,8 +138,8 @@ def test_event_file_holds_scalars_images_histogram_and_hparams(tmp_path: Path) -
     assert all(np.isfinite(event.value) for event in events.Scalars("val/ssim_network"))
     # The full config is saved beside the logs, overrides included.
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
-    assert saved["model"]["n_points"] == 200
-    assert saved["model"]["learn_sigma"] is True
+    assert saved["model"]["sampler"]["init_args"]["n_points"] == 200
+    assert saved["model"]["sampler"]["init_args"]["learn_sigma"] is True
     assert saved["model"]["network"]["class_path"] == "models.siren.Siren"
 
 
@@ -139,12 +150,16 @@ def final_state(cli) -> dict[str, torch.Tensor]:
 def test_resume_from_last_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     # Points split and pruned every 2 steps, so the resume (at step 3) crosses adaptations.
     common = (
-        "--model.learn_sigma",
+        "--model.sampler.learn_sigma",
         "true",
-        "--model.max_points",
+        "--model.sampler.max_points",
         "260",
-        "--model.adapt_interval",
-        "2",
+        "--model.sampler.adaptation.times",
+        "3",
+        "--model.sampler.adaptation.start",
+        "0.3",
+        "--model.sampler.adaptation.end",
+        "0.9",
         "--model.crop_size",
         "20",
         "--data.steps_per_epoch",
@@ -185,13 +200,17 @@ def test_resume_from_last_equals_an_uninterrupted_run(tmp_path: Path) -> None:
 def test_adaptation_keeps_the_point_count_within_budget(tmp_path: Path) -> None:
     cli = fit(
         tmp_path,
-        "--model.max_points",
+        "--model.sampler.max_points",
         "240",
-        "--model.adapt_interval",
+        "--model.sampler.adaptation.times",
+        "8",
+        "--model.sampler.adaptation.start",
+        "0",
+        "--model.sampler.adaptation.end",
         "1",
-        "--model.grow_fraction",
+        "--model.sampler.adaptation.grow_fraction",
         "0.1",
-        "--model.prune_fraction",
+        "--model.sampler.adaptation.prune_fraction",
         "0.05",
         "--trainer.log_every_n_steps",
         "1",
@@ -211,17 +230,16 @@ def test_adaptation_keeps_the_point_count_within_budget(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        ("--model.max_points", "100", "max_points"),
-        ("--model.adapt_interval", "-1", "adapt_interval"),
-        ("--model.adapt_end", "0", "adapt_end"),
+        ("--model.sampler.max_points", "100", "max_points"),
+        ("--model.sampler.adaptation.times", "-1", "adaptation.times"),
+        ("--model.sampler.adaptation.end", "0.05", "adaptation.start and adaptation.end"),
     ],
 )
 def test_impossible_adaptation_schedule_fails_before_training(
     tmp_path: Path, option: str, value: str, message: str
 ) -> None:
-    extra = ("--model.adapt_interval", "5") if option == "--model.adapt_end" else ()
     with pytest.raises(ValueError, match=message):
-        fit(tmp_path, option, value, *extra)
+        fit(tmp_path, option, value)
     assert not (tmp_path / "run" / "logs").exists()
 
 
@@ -237,7 +255,7 @@ def test_runs_with_different_names_keep_separate_checkpoints(tmp_path: Path) -> 
                     str(ROOT / "configs" / "debug.yaml"),
                     "--data.path",
                     str(image),
-                    "--model.n_points",
+                    "--model.sampler.n_points",
                     "100",
                     "--trainer.max_steps",
                     "1",
@@ -276,12 +294,23 @@ def test_implicit_objective_trains_a_network_that_is_the_image(tmp_path: Path) -
     assert psnr["implicit"] > psnr["reconstruction"] + 3.0
 
 
-@pytest.mark.parametrize("mode", ["dense", "dense_random"])
-def test_dense_baselines_train(tmp_path: Path, mode: str) -> None:
-    cli = fit(tmp_path, "--model.mode", mode, "--trainer.logger", "false", steps=3)
+@pytest.mark.parametrize("sampler", ["AllPixels", "UniformRandom"])
+def test_dense_baselines_train(tmp_path: Path, sampler: str) -> None:
+    options = ["--model.sampler", f"models.sampling.{sampler}"]
+    if sampler == "UniformRandom":
+        options += ["--model.sampler.count", "200"]
+    cli = fit(
+        tmp_path,
+        *options,
+        "--model.reconstruction.weight",
+        "0",
+        "--trainer.logger",
+        "false",
+        steps=3,
+    )
     system = cli.model
     assert system.point_set is None
-    per_step = SIZE * SIZE if mode == "dense" else 200
+    per_step = SIZE * SIZE if sampler == "AllPixels" else 200
     assert int(system.network_evaluations) == 3 * per_step
     assert torch.isfinite(system.reconstruct()).all()
 
