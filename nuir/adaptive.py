@@ -67,7 +67,7 @@ def check_network_output(values: torch.Tensor, count: int) -> torch.Tensor:
             f"network must map coordinates [M, 2] to values [M, C]; for M = {count} it returned "
             f"{shape}"
         )
-    if not torch.isfinite(values).all():
+    if not torch.isfinite(values.sum()):  # NaN and infinities reach the sum
         raise ValueError("network returned NaN or infinite values")
     return values
 
@@ -145,10 +145,12 @@ class AdaptiveRenderer:
         if coords.shape[0] == 0:
             probe = check_network_output(self.network(coords.new_zeros(1, 2)), 1)
             return probe.new_zeros(probe.shape[1], 0)
-        parts = []
-        for chunk in coords.split(self.chunk_size):
-            parts.append(check_network_output(self.network(chunk), chunk.shape[0]))
-        return torch.cat(parts).T.float().cpu()
+        parts = [
+            check_network_output(self.network(chunk), chunk.shape[0])
+            for chunk in coords.split(self.chunk_size)
+        ]
+        values = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return values.T.float().cpu()
 
     # --- one window of the sampling raster ------------------------------------------------------
 
@@ -171,54 +173,59 @@ class AdaptiveRenderer:
             step = COARSEST >> level
             side = unit // step  # block side in sites of this level
             shape = (math.ceil(height / step), math.ceil(width / step))
-            predicted = upsample2x(values)[:, : shape[0], : shape[1]].contiguous()
-            probes = self.sites(candidates, blocks, side, shape, odd_odd=True)
-            truth = self.evaluate(row0 + step * probes[:, 0], col0 + step * probes[:, 1])
-            residual = truth - predicted[:, probes[:, 0], probes[:, 1]]  # [C, n]
-            estimate = self.per_block(residual, probes // side, blocks)
-            refine = candidates[estimate[candidates] > threshold]
-            keep = candidates[estimate[candidates] <= threshold]
-            rest = self.sites(refine, blocks, side, shape, odd_odd=False)
-            rest_truth = self.evaluate(row0 + step * rest[:, 0], col0 + step * rest[:, 1])
+            predicted = upsample2x(values)[:, : shape[0], : shape[1]].reshape(values.shape[0], -1)
+            probes, probe_blocks = self.sites(candidates, blocks, side, shape, odd_odd=True)
+            truth = self.evaluate_sites(probes, shape, row0, col0, step)
+            residual = truth - predicted.index_select(1, probes)  # [C, n]
+            estimate = self.per_block(residual, probe_blocks, blocks)
+            refined = estimate[candidates] > threshold
+            refine, keep = candidates[refined], candidates[~refined]
+            rest, rest_blocks = self.sites(refine, blocks, side, shape, odd_odd=False)
+            rest_truth = self.evaluate_sites(rest, shape, row0, col0, step)
             filled = predicted.clone()
             # Unrefined candidates: the prediction corrected at their remaining sites by the
             # mixture of the probes' residuals (the quincunx filter).
-            field = torch.zeros_like(predicted)
-            field[:, probes[:, 0], probes[:, 1]] = residual
-            others = self.sites(keep, blocks, side, shape, odd_odd=False)
-            filled[:, others[:, 0], others[:, 1]] += quincunx_fill_at(field, others)
-            rest_residual = rest_truth - filled[:, rest[:, 0], rest[:, 1]]
-            filled[:, probes[:, 0], probes[:, 1]] = truth
-            filled[:, rest[:, 0], rest[:, 1]] = rest_truth
-            self.stats.probes[level] += probes.shape[0]
-            self.stats.evaluations[level] += probes.shape[0] + rest.shape[0]
+            field = torch.zeros_like(predicted).index_copy_(1, probes, residual)
+            others, _ = self.sites(keep, blocks, side, shape, odd_odd=False)
+            correction = quincunx_fill_at(field.reshape(-1, *shape), others, shape[1])
+            filled.index_add_(1, others, correction)
+            rest_residual = rest_truth - filled.index_select(1, rest)
+            filled.index_copy_(1, probes, truth).index_copy_(1, rest, rest_truth)
+            self.stats.probes[level] += probes.numel()
+            self.stats.evaluations[level] += probes.numel() + rest.numel()
             self.stats.refined[level] += refine.numel()
             # Candidates at the next level: refined blocks whose new residuals stay large.
-            sites = torch.cat([probes, rest])
-            surplus = self.per_block(torch.cat([residual, rest_residual], 1), sites // side, blocks)
+            surplus = self.per_block(
+                torch.cat([residual, rest_residual], 1),
+                torch.cat([probe_blocks, rest_blocks]),
+                blocks,
+            )
             candidates = refine[surplus[refine] > self.kappa * threshold]
-            values = filled
+            values = filled.reshape(-1, *shape)
         return values
 
+    def evaluate_sites(self, flat: torch.Tensor, shape, row0: int, col0: int, step: int):
+        """The network at level sites given by flat indices into ``shape``: [C, n]."""
+        return self.evaluate(row0 + step * (flat // shape[1]), col0 + step * (flat % shape[1]))
+
     @staticmethod
-    def sites(
-        ids: torch.Tensor, blocks: tuple[int, int], side: int, shape, odd_odd: bool
-    ) -> torch.Tensor:
-        """Level sites [n, 2] (row, col) of the blocks ``ids``: those odd in both indices (the
-        probes), or those odd in exactly one (the rest of the new sites)."""
+    def sites(ids: torch.Tensor, blocks, side: int, shape, odd_odd: bool):
+        """Level sites of the blocks ``ids`` as flat indices into ``shape``, with their blocks:
+        those odd in both indices (the probes), or those odd in exactly one (the rest of the
+        new sites)."""
         local = torch.arange(side)
         r, c = torch.meshgrid(local, local, indexing="ij")
         chosen = (r % 2 == 1) & (c % 2 == 1) if odd_odd else (r % 2) != (c % 2)
-        offsets = torch.stack([r[chosen], c[chosen]], 1)  # [k, 2]
-        origins = torch.stack([ids // blocks[1], ids % blocks[1]], 1) * side  # [m, 2]
-        sites = (origins[:, None, :] + offsets[None]).reshape(-1, 2)
-        inside = (sites[:, 0] < shape[0]) & (sites[:, 1] < shape[1])
-        return sites[inside]
+        r, c = r[chosen], c[chosen]  # [k]
+        rows = (ids // blocks[1] * side)[:, None] + r[None]  # [m, k]
+        cols = (ids % blocks[1] * side)[:, None] + c[None]
+        inside = (rows < shape[0]) & (cols < shape[1])
+        flat = (rows * shape[1] + cols)[inside]
+        return flat, ids[:, None].expand_as(rows)[inside]
 
     @staticmethod
-    def per_block(residual: torch.Tensor, block: torch.Tensor, blocks) -> torch.Tensor:
+    def per_block(residual: torch.Tensor, ids: torch.Tensor, blocks) -> torch.Tensor:
         """Mean over each block's sites of the squared residual summed over channels: [blocks]."""
-        ids = block[:, 0] * blocks[1] + block[:, 1]
         squared = torch.zeros(blocks[0] * blocks[1], dtype=torch.float64)
         squared.index_add_(0, ids, residual.square().sum(0).double())
         counts = torch.zeros_like(squared).index_add_(0, ids, torch.ones_like(squared[ids]))

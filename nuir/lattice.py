@@ -73,18 +73,20 @@ def quincunx_taps(sigma: float = SIGMA, half: int = 12) -> tuple[tuple[int, int,
 def _upsample_last_axis(values: torch.Tensor, first_new: bool) -> torch.Tensor:
     """[..., n] -> [..., 2n]: samples at even positions (odd ones when ``first_new``), the
     half-way values between them at the others."""
-    taps = values.new_tensor(half_way_taps())
-    radius = taps.numel() // 2
+    taps = half_way_taps()
+    radius = len(taps) // 2
     shape = values.shape
-    flat = values.reshape(-1, 1, shape[-1])
-    padded = (
-        F.pad(flat, (radius, radius), mode="reflect")
-        if shape[-1] > radius
-        else F.pad(flat, (radius, radius), mode="replicate")
-    )
-    between = F.conv1d(padded, taps.flip(0)[None, None])  # [m, 1, n + 1]: before 0 .. after n-1
-    between = between.reshape(*shape[:-1], shape[-1] + 1)
-    out = values.new_empty(*shape[:-1], 2 * shape[-1])
+    count = shape[-1]
+    flat = values.reshape(-1, count)
+    mode = "reflect" if count > radius else "replicate"
+    padded = F.pad(flat[:, None], (radius, radius), mode=mode)[:, 0]  # [m, n + 2r]
+    # between[k] is half-way between samples k - 1 and k (k = 0..n): a sum of shifted copies,
+    # much faster on a CPU than a one-channel convolution.
+    between = taps[-1] * padded[:, : count + 1]
+    for j in range(1, len(taps)):
+        between += taps[-1 - j] * padded[:, j : j + count + 1]
+    between = between.reshape(*shape[:-1], count + 1)
+    out = values.new_empty(*shape[:-1], 2 * count)
     if first_new:  # new, old, new, old, ...
         out[..., 0::2] = between[..., :-1]
         out[..., 1::2] = values
@@ -98,20 +100,26 @@ def upsample2x(values: torch.Tensor, first_new: tuple[bool, bool] = (False, Fals
     """[C, h, w] lattice samples -> [C, 2h, 2w], the mixture at twice the density; the old
     samples sit at even rows / columns (odd ones where ``first_new`` says so for that axis)."""
     rows = _upsample_last_axis(values, first_new[1])
-    return _upsample_last_axis(rows.transpose(-1, -2), first_new[0]).transpose(-1, -2)
+    columns = _upsample_last_axis(rows.transpose(-1, -2).contiguous(), first_new[0])
+    return columns.transpose(-1, -2).contiguous()
 
 
-def quincunx_fill_at(values: torch.Tensor, sites: torch.Tensor) -> torch.Tensor:
-    """[C, h, w] samples (zero where unknown), sites [n, 2] (row, col) missing from the quincunx
-    -> the quincunx filter's weighted sum of the samples around each site: [C, n]."""
+def quincunx_fill_at(values: torch.Tensor, sites: torch.Tensor, width: int | None = None):
+    """[C, h, w] samples (zero where unknown), sites missing from the quincunx as [n, 2] (row,
+    col) or, with ``width``, as flat indices row * width + col -> the quincunx filter's weighted
+    sum of the samples around each site: [C, n]."""
     taps = [(dy, dx, w) for dy, dx, w in quincunx_taps() if abs(w) > 1e-3]
     total = sum(w for *_, w in taps)
     radius = max(max(abs(dy), abs(dx)) for dy, dx, _ in taps)
+    if width is None:
+        rows, cols = sites[:, 0], sites[:, 1]
+    else:
+        rows, cols = sites // width, sites % width
     padded = F.pad(values, (radius, radius, radius, radius))
-    width = padded.shape[-1]
-    flat = padded.reshape(values.shape[0], -1).T.contiguous()  # [N, C], channels last
-    base = (sites[:, 0] + radius) * width + sites[:, 1] + radius
-    out = values.new_zeros(sites.shape[0], values.shape[0])
+    stride = padded.shape[-1]
+    flat = padded.reshape(values.shape[0], -1)
+    base = (rows + radius) * stride + cols + radius
+    out = values.new_zeros(values.shape[0], base.numel())
     for dy, dx, weight in taps:
-        out += (weight / total) * flat.index_select(0, base + dy * width + dx)
-    return out.T
+        out += (weight / total) * flat.index_select(1, base + dy * stride + dx)
+    return out
