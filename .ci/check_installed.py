@@ -23,6 +23,12 @@ from nuir import _backend, reference  # noqa: E402
 
 package = Path(nuir.__file__).resolve().parent
 assert checkout not in package.parents, f"imported the checkout, not the install: {package}"
+site = package.parent
+for top in ("nuir", "models"):  # every module of the checkout is installed
+    missing = {p.relative_to(checkout) for p in (checkout / top).rglob("*.py")} - {
+        p.relative_to(site) for p in (site / top).rglob("*.py")
+    }
+    assert not missing, f"not installed (pyproject.toml packages): {sorted(map(str, missing))}"
 
 g = torch.Generator().manual_seed(0)
 points = (torch.rand(2, 400, 2, generator=g) * 40).requires_grad_()
