@@ -24,6 +24,8 @@ from pathlib import Path
 
 from pytorch_lightning.callbacks import Callback
 
+from nuir._cli import InputError, debugging, run_command
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -86,6 +88,10 @@ def train_in_processes(
     if threads:
         environment["OMP_NUM_THREADS"] = str(threads)
     done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=7200)
+    if done.returncode == 2 and not debugging():  # train.py refused its input, in one line
+        raise InputError(
+            f"train.py: {done.stderr.strip().splitlines()[-1].removeprefix('error: ')}"
+        )
     if done.returncode != 0:
         raise RuntimeError(f"{processes} process(es) failed:\n{done.stderr[-4000:]}")
 
@@ -171,4 +177,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_command(main))

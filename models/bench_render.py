@@ -299,6 +299,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from nuir._cli import run
+    from nuir._cli import run_command
 
-    raise SystemExit(run(main))
+    raise SystemExit(run_command(main))

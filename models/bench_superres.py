@@ -16,7 +16,6 @@ the largest factor (photo, adaptive render, dense render, bicubic) goes to ``--o
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -171,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = bundled_rows(args.bundled) if args.bundled else []
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        from nuir._cli import input_error
+
+        return input_error(exc)
     panel = None
     with tempfile.TemporaryDirectory() as folder:
         for photo in args.photos:
@@ -198,4 +198,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from nuir._cli import run_command
+
+    raise SystemExit(run_command(main))

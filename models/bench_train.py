@@ -406,8 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         photos = photo_files(args)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}")
-        return 2
+        from nuir._cli import input_error
+
+        return input_error(exc)
     lrs = json.loads(args.lrs.read_text()) if args.lrs else {}
     threads = 1 if args.streams > 1 else torch.get_num_threads()
     header = (
@@ -468,4 +469,6 @@ def choose_lrs(rows: list[dict], grid: list[float]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from nuir._cli import run_command
+
+    raise SystemExit(run_command(main))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -109,12 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         count = fetch(args.source, args.sets)
-    except (OSError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:
+        from nuir._cli import input_error
+
+        return input_error(exc)
     print(f"fetched {count} photos into {cache_dir()} ({REPOSITORY} at {COMMIT[:7]})")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from nuir._cli import run_command
+
+    raise SystemExit(run_command(main))

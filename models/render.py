@@ -240,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         trained = load_trained(args.checkpoint, args.device)
         size = output_size(trained, args.scale, args.size)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        from nuir._cli import input_error
+
+        return input_error(exc)
     built = []
     with torch.no_grad():
 
@@ -293,4 +294,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nuir._cli import run_command
+
+    sys.exit(run_command(main))

@@ -1,4 +1,7 @@
-"""``python -m nuir.bench <name> [options]``: runs the benchmark module ``nuir.bench.<name>``."""
+"""``python -m nuir.bench <name> [options]``: runs the benchmark module ``nuir.bench.<name>``.
+
+A mistake in the input ends in one line and exit status 2 (``nuir._cli``; ``--debug`` or
+``NUIR_DEBUG=1``: the traceback)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import pkgutil
 import sys
 
 import nuir.bench
+from nuir._cli import input_error, run_command
 
 
 def available() -> list[str]:
@@ -18,17 +22,17 @@ def available() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = available()
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in names:
+    if not argv or argv[0] in ("-h", "--help"):
         print("usage: python -m nuir.bench {" + ",".join(names) + "} [options]")
         print("       python -m nuir.bench <name> --help")
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+        return 0
+    if argv[0] not in names:
+        return input_error(
+            ValueError(f"no benchmark {argv[0]!r}: choose one of {', '.join(names)}")
+        )
     module = importlib.import_module(f"nuir.bench.{argv[0]}")
-    try:
-        return module.main(argv[1:]) or 0
-    except (FileNotFoundError, ValueError) as exc:  # a missing or unreadable input file
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return module.main(argv[1:]) or 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -130,4 +130,6 @@ def table(times: dict, sizes: list[int], isas: list[str]) -> list[dict]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from nuir._cli import run_command
+
+    raise SystemExit(run_command(main))

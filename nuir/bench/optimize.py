@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 import nuir
+from nuir._cli import reading_input
 from nuir._validate import sigma_from_spacing
 from nuir.bench._common import (
     L1_SCALE,
@@ -316,13 +317,14 @@ def plot_points(result: RunResult, target: np.ndarray, path: Path) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    if args.image is not None:
-        photo = load_images(args.image.parent, crop=args.crop)
-        photo = [p for p in photo if p.name == args.image.stem]
-        if not photo:
-            raise ValueError(f"image: cannot read {str(args.image)!r}")
-    else:
-        photo = load_images(photos=[args.photo], crop=args.crop)
+    with reading_input():
+        if args.image is not None:
+            photo = load_images(args.image.parent, crop=args.crop)
+            photo = [p for p in photo if p.name == args.image.stem]
+            if not photo:
+                raise ValueError(f"image: cannot read {str(args.image)!r}")
+        else:
+            photo = load_images(photos=[args.photo], crop=args.crop)
     pixels = photo[0].pixels
     height, width, _ = pixels.shape
     target = to_tensor(pixels)[0]  # [C, H, W]

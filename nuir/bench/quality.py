@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 import nuir
+from nuir._cli import reading_input
 from nuir.bench._common import (
     PIL_RESAMPLING,
     add_sweep_argument,
@@ -287,7 +288,8 @@ def run_sweep(args: argparse.Namespace, photos: list[Photo]) -> int:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    photos = load_images(args.images, args.photos, args.crop, args.limit)
+    with reading_input():
+        photos = load_images(args.images, args.photos, args.crop, args.limit)
     args.out.mkdir(parents=True, exist_ok=True)
     nuir.upsample(torch.zeros(1, 1, 2, 2), 2)  # build / load the operator before any timing
     if args.sweep is not None:

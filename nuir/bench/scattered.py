@@ -37,6 +37,7 @@ from scipy.interpolate import griddata
 from tqdm import tqdm
 
 import nuir
+from nuir._cli import reading_input
 from nuir._validate import sigma_from_spacing
 from nuir.bench._common import (
     add_sweep_argument,
@@ -453,7 +454,8 @@ def run_sweep(args: argparse.Namespace, photos: list[Photo]) -> int:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    photos = load_images(args.images, args.photos, args.crop, args.limit)
+    with reading_input():
+        photos = load_images(args.images, args.photos, args.crop, args.limit)
     args.out.mkdir(parents=True, exist_ok=True)
     # Build / load the compiled operator before anything is timed.
     nuir.interpolate(torch.zeros(1, 2), torch.zeros(1, 1), (2, 2), 1.0)
