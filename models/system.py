@@ -152,6 +152,14 @@ class ImplicitImageSystem(pl.LightningModule):
         self._image: torch.Tensor | None = None  # the whole target in float, without crops
         self._step_batch: tuple[PixelBatch, torch.Tensor] | None = None
 
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        """Every buffer, which DDP then leaves alone (it would copy process 0's into the others
+        at each step): each buffer is either the same on every process by construction (set-up
+        from the seed, adaptations decided from tallies summed over the processes) or the
+        process's own (its error tallies, a sampler's own draws)."""
+        return [name for name, _ in self.named_buffers()]
+
     # --- set-up -------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
